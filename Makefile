@@ -1,0 +1,72 @@
+# detox — developer entry points (see ../shared/design/product.md, "Interfaces other tools depend on").
+#
+#   make setup    system packages (only the missing ones) + .venv/ with detox and the test tools
+#   make run      detox serve on config/detox.toml (127.0.0.1:2525, delivers to a Maildir under var/)
+#   make test     ruff + mypy + pytest (every test; the Postfix tests start a private Postfix)
+#   make lint     ruff + mypy only
+#   make bench    bench/run_all.sh, when present
+#   make clean    remove var/, .venv/ and tool caches
+#   make podman-check   build the production image with podman and smoke-test it (root, slow)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+# Python >= 3.11: python3.11 when present, else python3. Resolved when the recipe runs (after system deps).
+PYTHON ?= $$(command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+CONFIG ?= config/detox.toml
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps run test lint bench clean podman-check
+
+help:
+	@sed -n '3,10s/^# \{0,1\}//p' Makefile
+
+setup: $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+# Rebuilt only when pyproject.toml or constraints.txt change (or the venv is missing/broken).
+$(STAMP): pyproject.toml constraints.txt | system-deps
+	@if ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	    py="$(PYTHON)"; \
+	    if [ -z "$$py" ]; then echo "make setup: no python3.11/python3 found" >&2; exit 1; fi; \
+	    "$$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	        || { echo "make setup: $$py is older than 3.11" >&2; exit 1; }; \
+	    echo "+ $$py -m venv $(VENV)"; \
+	    rm -rf $(VENV); "$$py" -m venv $(VENV); \
+	fi
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	@touch $@
+
+run: setup
+	$(BIN)/detox serve --config $(CONFIG)
+
+lint: setup
+	@rc=0; \
+	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
+	echo "+ mypy"; $(BIN)/mypy || rc=1; \
+	exit $$rc
+
+# Runs all three even when one fails, then fails if any did.
+test: setup
+	@rc=0; \
+	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
+	echo "+ mypy"; $(BIN)/mypy || rc=1; \
+	echo "+ pytest -q -ra $(PYTEST_ARGS)"; $(BIN)/pytest -q -ra $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
+
+bench: setup
+	@if [ -f bench/run_all.sh ]; then PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/run_all.sh; \
+	else echo "make bench: bench/run_all.sh does not exist yet"; fi
+
+podman-check:
+	scripts/podman-check.sh
+
+clean:
+	rm -rf var/ $(VENV)/ .mypy_cache/ .ruff_cache/ .pytest_cache/ .hypothesis/ build/ dist/ *.egg-info/

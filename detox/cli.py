@@ -1,0 +1,207 @@
+"""The ``detox`` command: serve, scan, check-config, filters.
+
+Exit codes: 0 success; 2 usage or configuration error; 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.policy
+import email.utils
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+from detox import __version__
+from detox.audit import now_rfc3339
+from detox.config.loader import load_config, parse_deliver_to, parse_listen
+from detox.config.schema import DetoxConfig
+from detox.envelope import Envelope
+from detox.errors import ConfigError, DetoxError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+DEFAULT_CONFIG = "/etc/detox/detox.toml"
+
+log = logging.getLogger("detox")
+
+
+def _config_path(value: str | None) -> str | None:
+    """--config, else $DETOX_CONFIG, else /etc/detox/detox.toml if present, else built-in defaults."""
+    if value:
+        return value
+    if os.environ.get("DETOX_CONFIG"):
+        return os.environ["DETOX_CONFIG"]
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
+
+
+def _setup_logging(config: DetoxConfig) -> None:
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every connection at INFO; that belongs to debugging, not to operations.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args.config))
+    listen = parse_listen(
+        args.listen or config.server.listen, file="--listen" if args.listen else "config", key="server.listen"
+    )
+    deliver_to = parse_deliver_to(
+        args.deliver_to or config.delivery.deliver_to, file="--deliver-to" if args.deliver_to else "config"
+    )
+    _setup_logging(config)
+    from detox.service import Service
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        service = Service(config, listen, deliver_to)
+        await service.run(stop)
+
+    import uvloop
+
+    uvloop.run(main())
+    return EXIT_OK
+
+
+# -- scan -----------------------------------------------------------------------------------------
+
+
+def _scan_envelope(raw: bytes, mail_from: str | None, rcpts: Sequence[str]) -> Envelope:
+    from detox.spool import new_queue_id
+
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+
+    def addresses(name: str) -> list[str]:
+        values = [str(v) for v in headers.get_all(name, [])]
+        return [a for _, a in email.utils.getaddresses(values) if a]
+
+    sender = (
+        mail_from if mail_from is not None else next(iter(addresses("Return-Path") + addresses("From")), "")
+    )
+    recipients = tuple(rcpts) or tuple(addresses("To") + addresses("Cc"))
+    return Envelope(
+        queue_id=new_queue_id(),
+        mail_from=sender,
+        rcpt_tos=recipients,
+        client_address="",
+        helo="detox-scan",
+        received_at=now_rfc3339(),
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args.config))
+    _setup_logging(config)
+    try:
+        raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+    except OSError as exc:
+        print(f"detox scan: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    from detox.pipeline.runner import Pipeline
+
+    result = Pipeline(config).run(raw, _scan_envelope(raw, args.mail_from, args.rcpt or ()))
+    # The relay writes Maildir files with LF line endings; scan prints the same form.
+    output = result.output.replace(b"\r\n", b"\n")
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(output)
+    else:
+        sys.stdout.buffer.write(output)
+        sys.stdout.buffer.flush()
+    if args.report:
+        report = json.dumps(result.report, ensure_ascii=False, indent=2) + "\n"
+        if args.report == "-":
+            sys.stderr.write(report)
+        else:
+            Path(args.report).write_text(report, encoding="utf-8")
+    return EXIT_OK
+
+
+# -- check-config / filters -------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or _config_path(None)
+    config = load_config(path)
+    print(f"{path or '<built-in defaults>'}: OK (pipeline: {', '.join(config.pipeline.order)})")
+    return EXIT_OK
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from detox.pipeline.registry import available_filters
+
+    config = load_config(_config_path(args.config))
+    order = list(config.pipeline.order)
+    for name, cls in sorted(available_filters().items()):
+        position = f"#{order.index(name) + 1}" if name in order else "unused"
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:18} {position:7} {doc}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detox", description="Mail 無害化 gateway (Internet → LGWAN).")
+    parser.add_argument("--version", action="version", version=f"detox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the SMTP relay")
+    serve.add_argument("--config", help="TOML file (default: $DETOX_CONFIG or /etc/detox/detox.toml)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
+    serve.add_argument(
+        "--deliver-to", help="smtp://HOST:PORT or maildir:PATH (overrides delivery.deliver_to)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    scan = sub.add_parser("scan", help="detoxify one message offline (same pipeline as the relay)")
+    scan.add_argument("input", help="message file, or - for standard input")
+    scan.add_argument("--config")
+    scan.add_argument("--output", help="where to write the detoxified message (default: stdout)")
+    scan.add_argument("--report", help="write the JSON report of every decision here (- = stderr)")
+    scan.add_argument("--mail-from", help="envelope sender (default: from the headers)")
+    scan.add_argument("--rcpt", action="append", help="envelope recipient (repeatable)")
+    scan.set_defaults(func=cmd_scan)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(func=cmd_check_config)
+
+    filters = sub.add_parser("filters", help="list installed filters and the pipeline order")
+    filters.add_argument("--config")
+    filters.set_defaults(func=cmd_filters)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"detox: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DetoxError as exc:
+        print(f"detox: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception:
+        logging.getLogger("detox").exception("internal error")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Load and validate the TOML configuration; every error names the file and the key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from detox.config.schema import DetoxConfig
+from detox.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverTo:
+    """A parsed ``--deliver-to`` URL: ``smtp://HOST:PORT`` or ``maildir:PATH``."""
+
+    scheme: str  # "smtp" | "maildir"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+def parse_listen(value: str, *, file: str = "--listen", key: str = "server.listen") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(file, key, f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_deliver_to(
+    value: str, *, file: str = "--deliver-to", key: str = "delivery.deliver_to"
+) -> DeliverTo:
+    if value.startswith("maildir:"):
+        path = value.removeprefix("maildir:").removeprefix("//")
+        if not path:
+            raise ConfigError(file, key, "maildir: needs a path, e.g. maildir:var/maildir")
+        return DeliverTo("maildir", path=path)
+    if value.startswith("smtp://"):
+        host, port = parse_listen(value.removeprefix("smtp://").rstrip("/"), file=file, key=key)
+        return DeliverTo("smtp", host=host, port=port)
+    raise ConfigError(file, key, f"expected smtp://HOST:PORT or maildir:PATH, got {value!r}")
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_config(path: str | os.PathLike[str] | None, *, base_dir: str | None = None) -> DetoxConfig:
+    """Read, validate and freeze the configuration. ``None`` means built-in defaults only."""
+    file = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(file, "", "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
+    if "base_dir" in data:
+        raise ConfigError(file, "base_dir", "unknown key")
+    data["base_dir"] = base_dir if base_dir is not None else os.getcwd()
+    try:
+        config = DetoxConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _key_path(err["loc"])
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(file, key, problem) from None
+    validate_semantics(config, file)
+    return config
+
+
+def validate_semantics(config: DetoxConfig, file: str) -> None:
+    """Checks that span keys: filter names exist, order has no duplicates, URLs parse."""
+    from detox.pipeline.registry import available_filters  # late: registry imports filters
+
+    parse_listen(config.server.listen, file=file)
+    parse_deliver_to(config.delivery.deliver_to, file=file)
+    known = available_filters()
+    seen: set[str] = set()
+    for i, name in enumerate(config.pipeline.order):
+        if name not in known:
+            raise ConfigError(
+                file, f"pipeline.order[{i}]", f"unknown filter {name!r} (known: {sorted(known)})"
+            )
+        if name in seen:
+            raise ConfigError(file, f"pipeline.order[{i}]", f"filter {name!r} listed twice")
+        seen.add(name)
+    for name, settings in config.filters.items():
+        if name not in known:
+            raise ConfigError(file, f"filters.{name}", f"unknown filter {name!r} (known: {sorted(known)})")
+        try:
+            known[name].Options.model_validate(settings.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(file, f"filters.{name}.options.{_key_path(err['loc'])}", problem) from None
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        raise ConfigError(file, "server.tls_cert", "tls_cert and tls_key must be set together")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(config.server, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(file, f"server.{key}", f"file not found: {value}")

@@ -1,0 +1,174 @@
+"""The configuration schema. Every default lives here; unknown keys are errors.
+
+Models are frozen pydantic models with ``extra="forbid"`` so a typo in the TOML stops start-up with
+an error naming the file and the key (see :mod:`detox.config.loader`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnError(StrEnum):
+    """What the runner does with a part when its filter raises or times out."""
+
+    HOLD = "hold"  # remove from the mail, keep the original, name it in the notice
+    DROP = "drop"  # remove from the mail and name it in the notice (original still kept)
+    TEMPFAIL = "tempfail"  # leave the whole message in the spool and retry later
+
+
+class StartTLS(StrEnum):
+    OFF = "off"
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ServerConfig(Strict):
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "detox.city.example.lg.jp"
+    accepted_domains: tuple[str, ...] = ("city.example.lg.jp",)
+    max_message_bytes: PositiveInt = 25 * 1024 * 1024
+    max_recipients: PositiveInt = 100
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_tls: bool = False
+    timeout_s: PositiveFloat = 300.0
+
+    @field_validator("accepted_domains")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one accepted domain is needed (no open relay)")
+        return tuple(d.strip().lower().rstrip(".") for d in v)
+
+
+class DeliveryConfig(Strict):
+    deliver_to: str = "maildir:var/maildir"
+    starttls: StartTLS = StartTLS.OPPORTUNISTIC
+    tls_verify: bool = True  # only used with starttls = "required"
+    timeout_s: PositiveFloat = 60.0
+    connections: PositiveInt = 4
+    retry_base_s: PositiveFloat = 30.0
+    retry_max_s: PositiveFloat = 3600.0
+    helo_name: str = ""
+
+
+class StorageConfig(Strict):
+    state_dir: str = "var"
+    retention_days: PositiveInt = 90
+    fsync: bool = True
+
+
+class LimitsConfig(Strict):
+    max_mime_depth: PositiveInt = 20
+    max_mime_parts: PositiveInt = 500
+    max_text_chars: PositiveInt = 2_000_000
+    message_timeout_s: PositiveFloat = 120.0
+
+
+class FilterSettings(Strict):
+    """Settings every filter accepts; filter-specific options go in ``options``."""
+
+    enabled: bool = True
+    timeout_s: PositiveFloat = 30.0
+    on_error: OnError = OnError.HOLD
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(Strict):
+    order: tuple[str, ...] = ("html", "plain", "rtf", "text-attachment", "signature")
+    unhandled: Literal["hold", "drop"] = "hold"
+    workers: int = Field(default=0, ge=0)  # 0 = one per CPU core
+
+
+class BodyConfig(Strict):
+    output_charset: Literal["utf-8", "iso-2022-jp"] = "utf-8"
+    # multipart/alternative: keep the plain part only when it has at least this share of the
+    # HTML part's text (many senders put a stub like "HTML メールを表示できません" in it).
+    prefer_plain_ratio: Annotated[float, Field(ge=0, le=1)] = 0.6
+
+
+class UrlConfig(Strict):
+    defang: bool = True
+    exempt_sender_domains: tuple[str, ...] = ()
+
+
+DEFAULT_NOTICE = """\
+【detox 無害化通知】
+このメールはインターネットから届いたため、安全のため無害化されました（受付番号: $queue_id）。
+$conversions
+$held_section
+----------------------------------------------------------------
+"""
+
+DEFAULT_HELD_SECTION = """\
+次の添付ファイルは安全のため取り除かれ、インターネット側で保管されています。
+必要な場合は受付番号と保管番号を添えて情報政策課へお問い合わせください。
+$held_items"""
+
+DEFAULT_HELD_ITEM = "  ・$name（$size、理由: $reason、保管番号: $hold_id）"
+
+
+class NoticeConfig(Strict):
+    enabled: bool = True
+    template: str = DEFAULT_NOTICE
+    held_section: str = DEFAULT_HELD_SECTION
+    held_item: str = DEFAULT_HELD_ITEM
+    converted_html: str = "・HTML 形式の本文をテキストに変換しました。"
+    converted_rtf: str = "・リッチテキスト形式の本文をテキストに変換しました。"
+    urls_defanged: str = "・本文中の URL $count 件をクリックできない形式に変えました（hxxp, [.]）。"
+    signature_removed: str = "・電子署名は無害化により無効になるため取り除きました。"
+    reasons: dict[str, str] = Field(
+        default_factory=lambda: {
+            "unsupported-type": "この形式はまだ無害化できないため",
+            "filter-error": "無害化処理で問題が起きたため",
+            "filter-timeout": "無害化処理が時間内に終わらなかったため",
+            "limit-exceeded": "大きさや入れ子の上限を超えたため",
+            "encrypted": "暗号化されていて中身を確認できないため",
+            "not-text": "テキストと表示されていますが中身がテキストではないため",
+            "unparsable": "メールの構造を解釈できなかったため",
+        }
+    )
+
+
+class LoggingConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class DetoxConfig(Strict):
+    server: ServerConfig = ServerConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    storage: StorageConfig = StorageConfig()
+    limits: LimitsConfig = LimitsConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    filters: dict[str, FilterSettings] = Field(default_factory=dict)
+    body: BodyConfig = BodyConfig()
+    urls: UrlConfig = UrlConfig()
+    notice: NoticeConfig = NoticeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    # Set by the loader: where relative paths are resolved from (the working directory).
+    base_dir: str = "."
+
+    def filter_settings(self, name: str) -> FilterSettings:
+        return self.filters.get(name, FilterSettings())
+
+    def resolve_path(self, value: str) -> Path:
+        """Paths in the config are relative to the working directory unless absolute."""
+        path = Path(value)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def state_path(self, *parts: str) -> Path:
+        return self.resolve_path(self.storage.state_dir).joinpath(*parts)

@@ -1,0 +1,74 @@
+"""One exception tree for detox.
+
+Policy code catches these categories; third-party errors are mapped at the boundary
+(``map_exceptions``) so callers never need to know which library raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+
+class DetoxError(Exception):
+    """Base of every error detox raises on purpose."""
+
+
+class ConfigError(DetoxError):
+    """The configuration is invalid; the message names the file and the key."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+
+
+class SpoolError(DetoxError):
+    """The spool could not durably store or read a message (answer 4xx, never lose mail)."""
+
+
+class FilterError(DetoxError):
+    """A filter failed on a part; the runner maps it to the configured ``on_error``."""
+
+
+class FilterTimeout(FilterError):
+    """A filter ran past its wall-clock limit."""
+
+
+class LimitExceeded(FilterError):
+    """Attacker input crossed a configured cap (bytes, depth, parts, ...)."""
+
+    def __init__(self, limit: str, detail: str = "") -> None:
+        self.limit = limit
+        super().__init__(f"limit exceeded: {limit}" + (f" ({detail})" if detail else ""))
+
+
+class DeliveryError(DetoxError):
+    """Downstream delivery failed."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        self.temporary = temporary
+        super().__init__(message)
+
+
+class StoreError(DetoxError):
+    """The originals store or its index could not be written or read."""
+
+
+@contextlib.contextmanager
+def map_exceptions(mapping: Mapping[type[BaseException], type[DetoxError]]) -> Iterator[None]:
+    """Re-raise third-party exceptions as the most specific mapped DetoxError."""
+    try:
+        yield
+    except DetoxError:
+        raise
+    except Exception as exc:
+        for source, target in mapping.items():
+            if isinstance(exc, source):
+                raise target(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+class PipelineTempFail(DetoxError):
+    """A filter asked (via ``on_error = "tempfail"``) to retry the whole message later."""

@@ -1,0 +1,131 @@
+"""Body and text filters: text/plain, text/html, RTF bodies, and text/csv attachments.
+
+Every output is freshly decoded text: the bytes the sender wrote never reach LGWAN as-is.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detox.filters.base import Filter, FilterContext
+from detox.pipeline.model import Action, Output, Part, Role, Verdict
+from detox.text.charset import decode_body
+from detox.text.html import html_to_text
+from detox.text.rtf import rtf_to_text
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+RTF_TYPES = frozenset({"text/rtf", "application/rtf", "text/richtext"})
+TEXT_ATTACHMENT_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/csv",
+        "text/comma-separated-values",
+        # Bounce and receipt reports: text by construction.
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/disposition-notification",
+        "text/rfc822-headers",
+    }
+)
+# What libmagic says for content that really is text (or empty).
+_TEXTUAL_DETECTIONS = ("text/", "application/csv", "inode/x-empty", "application/x-empty")
+
+
+def _text_name(untrusted_filename: str | None, suffix: str) -> str:
+    base = untrusted_filename or "attachment"
+    return base if base.lower().endswith(suffix) else base + suffix
+
+
+class PlainFilter(Filter):
+    """text/plain body parts: decoded to Unicode (label, then detection)."""
+
+    name: ClassVar[str] = "plain"
+
+    def applies_to(self, part: Part) -> bool:
+        return part.role is Role.BODY and part.declared_type == "text/plain"
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        decoded = decode_body(part.payload, part.charset_label)
+        return Verdict(Action.TEXT, text=decoded.text, charset=decoded.charset)
+
+
+class HtmlFilter(Filter):
+    """text/html: converted to readable text. Body parts join the body; attachments become .txt."""
+
+    name: ClassVar[str] = "html"
+
+    def applies_to(self, part: Part) -> bool:
+        return part.declared_type in HTML_TYPES
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        decoded = decode_body(part.payload, part.charset_label, html=True)
+        converted = html_to_text(decoded.text, max_chars=ctx.config.limits.max_text_chars)
+        removed = {k: v for k, v in converted.removed.items() if v}
+        if part.role is Role.BODY:
+            return Verdict(
+                Action.TEXT,
+                text=converted.text,
+                removed=removed,
+                notes=("html-converted",),
+                charset=decoded.charset,
+            )
+        data = converted.text.encode("utf-8")
+        return Verdict(
+            Action.REPLACE,
+            output=Output("text/plain", data, _text_name(part.untrusted_filename, ".txt"), "utf-8"),
+            removed=removed,
+            notes=("html-converted",),
+            charset=decoded.charset,
+        )
+
+
+class RtfFilter(Filter):
+    """RTF bodies (text/rtf): the text only; objects and pictures never pass."""
+
+    name: ClassVar[str] = "rtf"
+
+    def applies_to(self, part: Part) -> bool:
+        return part.role is Role.BODY and part.declared_type in RTF_TYPES
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        converted = rtf_to_text(part.payload)
+        removed = {k: v for k, v in converted.removed.items() if v}
+        return Verdict(Action.TEXT, text=converted.text, removed=removed, notes=("rtf-converted",))
+
+
+class TextAttachmentOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+
+
+class TextAttachmentFilter(Filter):
+    """text/plain and text/csv attachments: re-encoded as UTF-8 when the bytes really are text."""
+
+    name: ClassVar[str] = "text-attachment"
+    Options: ClassVar[type[BaseModel]] = TextAttachmentOptions
+    # Text is inert: already-UTF-8 input re-encodes to the same bytes, and that is fine.
+    may_pass_unchanged: ClassVar[bool] = True
+
+    def applies_to(self, part: Part) -> bool:
+        return part.role is Role.ATTACHMENT and part.declared_type in TEXT_ATTACHMENT_TYPES
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        assert isinstance(self.options, TextAttachmentOptions)
+        if part.size > self.options.max_bytes:
+            return Verdict(Action.HOLD, reason="limit-exceeded")
+        if b"\x00" in part.payload or not part.detected_type.startswith(_TEXTUAL_DETECTIONS):
+            return Verdict(Action.HOLD, reason="not-text")
+        decoded = decode_body(part.payload, part.charset_label)
+        data = decoded.text.encode("utf-8")
+        is_csv = part.declared_type in ("text/csv", "text/comma-separated-values")
+        ctype = "text/csv" if is_csv else "text/plain"
+        suffix = ".csv" if is_csv else ".txt"
+        name = part.untrusted_filename or f"attachment{suffix}"
+        return Verdict(
+            Action.REPLACE,
+            output=Output(ctype, data, name, "utf-8"),
+            notes=("text-reencoded",),
+            charset=decoded.charset,
+        )

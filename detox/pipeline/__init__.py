@@ -1,0 +1,1 @@
+"""The detox pipeline: walk the MIME tree, run filters in the configured order, compose the result."""

@@ -1,0 +1,118 @@
+"""The vocabulary of the pipeline: parts, roles, actions and verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+class Role(StrEnum):
+    """Where a leaf part sits in the mail: inline body text, or an attachment."""
+
+    BODY = "body"
+    ATTACHMENT = "attachment"
+
+
+class Action(StrEnum):
+    """What happened to a part. Only TEXT, REPLACE and PASS put anything in the output."""
+
+    TEXT = "text"  # a body part became (part of) the text/plain body
+    REPLACE = "replace"  # an attachment was replaced by a disarmed output
+    PASS = "pass"  # noqa: S105 - an action, not a password. An attachment of a type declared inert passed unchanged
+    HOLD = "hold"  # removed from the mail; the original is kept and named in the notice
+    DROP = "drop"  # removed from the mail (a signature, an unused alternative)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A leaf of the MIME tree as the filters see it. Strings from the mail are untrusted."""
+
+    part_id: str  # position in the original tree ("1", "2.1", ...): quoted in hold ids
+    role: Role
+    declared_type: str  # lower-case Content-Type as the sender claimed it
+    detected_type: str  # python-magic's reading of the bytes
+    charset_label: str | None
+    untrusted_filename: str | None  # decoded (RFC 2231/2047/8-bit), directory parts removed
+    payload: bytes  # transfer-decoded content
+    sha256: str
+    depth: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @property
+    def extension(self) -> str:
+        name = self.untrusted_filename or ""
+        return name.rpartition(".")[2].lower() if "." in name else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A disarmed replacement for an attachment."""
+
+    content_type: str
+    data: bytes
+    filename: str | None = None
+    charset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A filter's decision on one part."""
+
+    action: Action
+    reason: str = ""  # a key of notice.reasons for HOLD/DROP; short, safe for audit and notices
+    text: str | None = None  # for Action.TEXT
+    output: Output | None = None  # for Action.REPLACE
+    removed: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # e.g. {"script": 2}
+    notes: tuple[str, ...] = ()  # conversion tags for X-Detox-Actions, e.g. "html-converted"
+    charset: str | None = None  # the charset the text was decoded from
+
+    def __post_init__(self) -> None:
+        if self.action is Action.TEXT and self.text is None:
+            raise ValueError("a TEXT verdict needs text")
+        if self.action is Action.REPLACE and self.output is None:
+            raise ValueError("a REPLACE verdict needs an output")
+
+
+@dataclass(slots=True)
+class PartRecord:
+    """What the report, the audit log and the notice say about one part."""
+
+    part_id: str
+    role: str
+    declared_type: str
+    detected_type: str
+    filename: str | None
+    size: int
+    sha256: str
+    filter: str
+    action: str
+    reason: str = ""
+    removed: dict[str, int] = field(default_factory=dict)
+    output_sha256: str | None = None
+    charset: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "part_id": self.part_id,
+            "role": self.role,
+            "filename": self.filename,
+            "declared_type": self.declared_type,
+            "detected_type": self.detected_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "filter": self.filter,
+            "action": self.action,
+            "reason": self.reason,
+            "removed": dict(self.removed),
+            "output_sha256": self.output_sha256,
+            "charset": self.charset,
+            "error": self.error,
+        }

@@ -1,0 +1,505 @@
+"""The pipeline runner: walks the MIME tree, runs the filters, and composes the clean message.
+
+The runner, not the filters, owns failure policy: a filter that raises or runs out of time has
+its part handled as the configured ``on_error`` (hold by default), and a part no filter claims is
+handled as ``pipeline.unhandled``. Nothing reaches the output except text the filters produced and
+outputs they returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import hashlib
+import logging
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from types import FrameType
+from typing import Any
+
+import magic
+
+from detox.config.schema import DetoxConfig, OnError
+from detox.envelope import Envelope
+from detox.errors import FilterTimeout, PipelineTempFail
+from detox.filters.base import Filter, FilterContext
+from detox.notice import render_notice
+from detox.pipeline.compose import Attachment, Forwarded, compose_message, serialize
+from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
+from detox.pipeline.registry import build_pipeline
+from detox.text.headers import decode_filename, decode_header_value
+from detox.text.urls import defang_urls
+from detox.untrusted import for_log
+
+log = logging.getLogger(__name__)
+
+BODY_TYPES = frozenset({"text/plain", "text/html", "text/rtf", "application/rtf", "text/richtext"})
+# message/* types that are reports made of text; handled as text attachments.
+TEXTUAL_MESSAGE_TYPES = frozenset(
+    {"message/delivery-status", "message/disposition-notification", "message/global-delivery-status"}
+)
+_SNIFF_BYTES = 64 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_magic: magic.Magic | None = None
+
+
+def detect_type(data: bytes) -> str:
+    """The true type of the bytes according to libmagic (one handle per process)."""
+    global _magic
+    if _magic is None:
+        _magic = magic.Magic(mime=True)
+    if not data:
+        return "inode/x-empty"
+    try:
+        return str(_magic.from_buffer(data[:_SNIFF_BYTES]))
+    except magic.MagicException:
+        return "application/octet-stream"
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise FilterTimeout in the running code after ``seconds`` (main thread only).
+
+    Converters that can hang in C code run in sandboxed subprocesses with their own limits; this
+    bounds the pure-Python work done in-process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum: int, frame: FrameType | None) -> None:
+        raise FilterTimeout(f"no result within {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class _Collected:
+    """What one walk (or one alternative of a multipart/alternative) produced."""
+
+    texts: list[str] = field(default_factory=list)
+    attachments: list[Attachment | Forwarded] = field(default_factory=list)
+    records: list[PartRecord] = field(default_factory=list)
+    notes: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: _Collected, *, with_text: bool) -> None:
+        if with_text:
+            self.texts.extend(other.texts)
+        self.attachments.extend(other.attachments)
+        self.records.extend(other.records)
+        self.notes.update(other.notes)
+
+    def richness(self) -> int:
+        return sum(len("".join(t.split())) for t in self.texts)
+
+
+@dataclass(frozen=True, slots=True)
+class DetoxResult:
+    output: bytes  # the clean message, CRLF line endings
+    report: dict[str, Any]
+    records: tuple[PartRecord, ...]
+    actions: str  # the X-Detox-Actions value
+
+    @property
+    def held(self) -> tuple[PartRecord, ...]:
+        return tuple(r for r in self.records if r.action == Action.HOLD)
+
+
+class Pipeline:
+    """Built once per process from the config; ``run`` is safe to call for many messages."""
+
+    def __init__(self, config: DetoxConfig, filters: Sequence[Filter] | None = None) -> None:
+        self.config = config
+        self.filters = tuple(filters) if filters is not None else build_pipeline(config)
+
+    def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        ctx = FilterContext(
+            queue_id=envelope.queue_id,
+            sender_domain=envelope.mail_from.rpartition("@")[2].lower(),
+            config=self.config,
+        )
+        walk = _Walk(self, ctx)
+        collected = walk.message_contents(msg, prefix="", depth=0)
+
+        body_text = "\n\n".join(t.strip("\n") for t in collected.texts if t.strip())
+        defanged = 0
+        if self.config.urls.defang and ctx.sender_domain not in self.config.urls.exempt_sender_domains:
+            result = defang_urls(body_text)
+            body_text, defanged = result.text, result.count
+        held = [r for r in collected.records if r.action == Action.HOLD]
+        actions = _actions_summary(collected.notes, defanged, collected.records)
+        notice = ""
+        if self.config.notice.enabled:
+            notice = render_notice(
+                self.config.notice,
+                queue_id=envelope.queue_id,
+                conversions=_conversion_lines(self.config, collected.notes, defanged),
+                held=held,
+            )
+        full_text = (notice + "\n" if notice else "") + body_text
+        out = compose_message(
+            msg,
+            envelope,
+            full_text if full_text.endswith("\n") else full_text + "\n",
+            collected.attachments,
+            actions,
+            self.config,
+        )
+        output = serialize(out)
+        report = {
+            "queue_id": envelope.queue_id,
+            "message": {
+                "from": _header(msg, "From"),
+                "to": _header(msg, "To"),
+                "subject": _header(msg, "Subject"),
+                "message_id": _header(msg, "Message-ID"),
+                "size": len(raw),
+                "sha256": sha256(raw),
+                "defects": sorted({type(d).__name__ for d in msg.defects}),
+            },
+            "envelope": envelope.as_dict(),
+            "parts": [r.as_dict() for r in collected.records],
+            "urls_defanged": defanged,
+            "actions": actions,
+            "output_sha256": sha256(output),
+            "output_size": len(output),
+        }
+        return DetoxResult(output, report, tuple(collected.records), actions)
+
+
+def _header(msg: Message, name: str) -> str | None:
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            return decode_header_value(str(value))
+    return None
+
+
+def _actions_summary(notes: Counter[str], defanged: int, records: Sequence[PartRecord]) -> str:
+    """A machine-readable summary, e.g. ``text-converted; urls-defanged=2; attachments-held=1``."""
+    items = ["text-converted"]
+    for note in sorted(notes):
+        items.append(f"{note}={notes[note]}")
+    if defanged:
+        items.append(f"urls-defanged={defanged}")
+    attachment_actions = Counter(r.action for r in records if r.role == Role.ATTACHMENT)
+    for action, label in ((Action.REPLACE, "attachments-converted"), (Action.PASS, "attachments-passed")):
+        if attachment_actions[action]:
+            items.append(f"{label}={attachment_actions[action]}")
+    held = sum(1 for r in records if r.action == Action.HOLD)
+    if held:
+        items.append(f"attachments-held={held}")
+    dropped = sum(1 for r in records if r.action == Action.DROP and r.reason != "alternative-unused")
+    if dropped:
+        items.append(f"parts-dropped={dropped}")
+    return "; ".join(items)
+
+
+def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -> list[str]:
+    lines = []
+    if notes["html-converted"]:
+        lines.append(config.notice.converted_html)
+    if notes["rtf-converted"]:
+        lines.append(config.notice.converted_rtf)
+    if defanged:
+        lines.append(config.notice.urls_defanged.replace("$count", str(defanged)))
+    if notes["signature-removed"]:
+        lines.append(config.notice.signature_removed)
+    return lines
+
+
+class _Walk:
+    def __init__(self, pipeline: Pipeline, ctx: FilterContext) -> None:
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.ctx = ctx
+        self.parts_seen = 0
+
+    # -- the tree ---------------------------------------------------------------------------
+
+    def message_contents(self, msg: Message, prefix: str, depth: int) -> _Collected:
+        """Everything inside one (possibly forwarded) message, numbered under ``prefix``."""
+        out = _Collected()
+        # The top of a message is its part "1" (single part) or its children "1", "2", ...
+        if msg.is_multipart():
+            self._visit_multipart(msg, prefix, depth, out)
+        else:
+            self._visit(msg, _join(prefix, "1"), depth, out)
+        return out
+
+    def _visit(self, node: Message, path: str, depth: int, out: _Collected) -> None:
+        if depth > self.config.limits.max_mime_depth:
+            self._hold_subtree(node, path, depth, out, "limit-exceeded", "MIME nesting too deep")
+            return
+        try:
+            # message/* payloads are lists too, so check them before is_multipart().
+            ctype = node.get_content_type()
+            if ctype in TEXTUAL_MESSAGE_TYPES:
+                self._visit_leaf(node, path, depth, out)
+            elif ctype == "message/rfc822":
+                self._visit_forwarded(node, path, depth + 1, out)
+            elif node.is_multipart():
+                # A multipart child is a container: its children are numbered under its path.
+                self._visit_multipart(node, path, depth + 1, out)
+            else:
+                self._visit_leaf(node, path, depth, out)
+        except (FilterTimeout, PipelineTempFail):
+            raise
+        except RecursionError:
+            self._hold_subtree(node, path, depth, out, "limit-exceeded", "nesting too deep to walk")
+        except Exception as exc:  # noqa: BLE001 - any parser failure means: hold, never pass
+            # The MIME structure itself could not be read (not a filter failure): fail closed.
+            log.warning("%s: part %s unparsable: %s", self.ctx.queue_id, path, for_log(repr(exc)))
+            self._hold_subtree(node, path, depth, out, "unparsable", type(exc).__name__)
+
+    def _visit_multipart(self, node: Message, path: str, depth: int, out: _Collected) -> None:
+        children = node.get_payload()
+        if not isinstance(children, list):
+            # Declared multipart but carrying no parseable children: recover it as text.
+            self._visit_leaf(node, _join(path, "1"), depth, out, force_type="text/plain")
+            return
+        subtype = node.get_content_subtype()
+        if subtype == "alternative":
+            self._visit_alternative(children, path, depth, out)
+            return
+        if subtype == "encrypted":
+            self._hold_subtree(node, _join(path, "1"), depth, out, "encrypted", "multipart/encrypted")
+            return
+        for i, child in enumerate(children, 1):
+            self._visit(child, _join(path, str(i)), depth, out)
+
+    def _visit_alternative(self, children: list[Message], path: str, depth: int, out: _Collected) -> None:
+        """Collapse alternatives to one text: the richest, unless the plain one carries the content."""
+        options = []
+        for i, child in enumerate(children, 1):
+            sub = _Collected()
+            self._visit(child, _join(path, str(i)), depth, sub)
+            options.append(sub)
+        with_text = [o for o in options if o.texts]
+        chosen: _Collected | None = None
+        if with_text:
+            plain = next((o for o in with_text if _is_plain(o)), None)
+            rich = next((o for o in reversed(with_text) if not _is_plain(o)), None)
+            if plain is None or rich is None:
+                chosen = with_text[-1]
+            elif plain.richness() >= self.config.body.prefer_plain_ratio * rich.richness():
+                chosen = plain
+            else:
+                chosen = rich
+        for option in options:
+            if option is not chosen:
+                for rec in option.records:
+                    if rec.action == Action.TEXT:
+                        rec.action = Action.DROP
+                        rec.reason = "alternative-unused"
+                option.notes = Counter(
+                    {k: v for k, v in option.notes.items() if k not in ("html-converted", "rtf-converted")}
+                )
+            out.merge(option, with_text=option is chosen)
+
+    def _visit_forwarded(self, node: Message, path: str, depth: int, out: _Collected) -> None:
+        payload = node.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message):
+            self._visit_leaf(node, path, depth, out, force_type="text/plain")
+            return
+        contents = self.message_contents(inner, path, depth)
+        body = "\n\n".join(t.strip("\n") for t in contents.texts if t.strip())
+        if self.config.urls.defang and self.ctx.sender_domain not in self.config.urls.exempt_sender_domains:
+            defanged = defang_urls(body)
+            body = defanged.text
+            if defanged.count:
+                contents.notes["urls-defanged-forwarded"] += defanged.count
+        out.attachments.append(Forwarded(inner, body + "\n" if body else "", contents.attachments, path))
+        out.records.extend(contents.records)
+        out.notes.update(contents.notes)
+        out.notes["forwarded-detoxified"] += 1
+
+    # -- leaves -----------------------------------------------------------------------------
+
+    def _make_part(self, node: Message, path: str, depth: int, force_type: str | None) -> Part:
+        ctype = force_type or node.get_content_type()
+        raw_payload = node.get_payload()
+        if isinstance(raw_payload, list):
+            # message/delivery-status and friends: blocks of header fields; keep them as text.
+            payload = b"\n".join(
+                m.as_bytes() if isinstance(m, Message) else str(m).encode("utf-8", "surrogateescape")
+                for m in raw_payload
+            )
+        elif force_type:
+            payload = (raw_payload if isinstance(raw_payload, str) else str(raw_payload)).encode(
+                "utf-8", "surrogateescape"
+            )
+        else:
+            decoded = node.get_payload(decode=True)
+            payload = decoded if isinstance(decoded, bytes) else b""
+        filename = decode_filename(node)
+        disposition = (node.get_content_disposition() or "").lower()
+        role = Role.ATTACHMENT
+        if ctype in BODY_TYPES and disposition != "attachment" and filename is None:
+            role = Role.BODY
+        if ctype in TEXTUAL_MESSAGE_TYPES or ctype == "text/rfc822-headers":
+            role = Role.ATTACHMENT
+        try:
+            charset = node.get_content_charset()
+        except Exception:  # noqa: BLE001 - a garbled parameter is the same as none: detection decides
+            charset = None
+        return Part(
+            part_id=path,
+            role=role,
+            declared_type=ctype,
+            detected_type=detect_type(payload),
+            charset_label=charset,
+            untrusted_filename=filename,
+            payload=payload,
+            sha256=sha256(payload),
+            depth=depth,
+        )
+
+    def _visit_leaf(
+        self, node: Message, path: str, depth: int, out: _Collected, force_type: str | None = None
+    ) -> None:
+        part = self._make_part(node, path, depth, force_type)
+        self.parts_seen += 1
+        if self.parts_seen > self.config.limits.max_mime_parts:
+            verdict, filter_name, error = Verdict(Action.HOLD, reason="limit-exceeded"), "-", "too many parts"
+        else:
+            verdict, filter_name, error = self._decide(part)
+        self._apply(part, verdict, filter_name, error, out)
+
+    def _decide(self, part: Part) -> tuple[Verdict, str, str | None]:
+        for flt in self.pipeline.filters:
+            settings = self.config.filter_settings(flt.name)
+            try:
+                claimed = flt.applies_to(part)
+            except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
+                return self._on_error(settings.on_error, "filter-error"), flt.name, for_log(repr(exc))
+            if not claimed:
+                continue
+            try:
+                with deadline(settings.timeout_s):
+                    verdict = flt.process(part, self.ctx)
+                _check_verdict(flt, part, verdict)
+            except FilterTimeout as exc:
+                log.warning("%s: filter %s timed out on part %s", self.ctx.queue_id, flt.name, part.part_id)
+                return self._on_error(settings.on_error, "filter-timeout"), flt.name, str(exc)
+            except PipelineTempFail:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
+                log.warning(
+                    "%s: filter %s failed on part %s: %s",
+                    self.ctx.queue_id,
+                    flt.name,
+                    part.part_id,
+                    for_log(repr(exc)),
+                )
+                return self._on_error(settings.on_error, "filter-error"), flt.name, for_log(repr(exc))
+            return verdict, flt.name, None
+        unhandled = Action.HOLD if self.config.pipeline.unhandled == "hold" else Action.DROP
+        return Verdict(unhandled, reason="unsupported-type"), "-", None
+
+    def _on_error(self, on_error: OnError, reason: str) -> Verdict:
+        if on_error is OnError.TEMPFAIL:
+            raise PipelineTempFail(reason)
+        return Verdict(Action.DROP if on_error is OnError.DROP else Action.HOLD, reason=reason)
+
+    def _apply(
+        self, part: Part, verdict: Verdict, filter_name: str, error: str | None, out: _Collected
+    ) -> None:
+        record = PartRecord(
+            part_id=part.part_id,
+            role=part.role.value,
+            declared_type=part.declared_type,
+            detected_type=part.detected_type,
+            filename=part.untrusted_filename,
+            size=part.size,
+            sha256=part.sha256,
+            filter=filter_name,
+            action=verdict.action.value,
+            reason=verdict.reason,
+            removed=dict(verdict.removed),
+            charset=verdict.charset,
+            error=error,
+        )
+        if verdict.action is Action.TEXT:
+            assert verdict.text is not None
+            out.texts.append(verdict.text)
+            record.output_sha256 = sha256(verdict.text.encode("utf-8"))
+        elif verdict.action is Action.REPLACE:
+            assert verdict.output is not None
+            out.attachments.append(Attachment(verdict.output, part.part_id))
+            record.output_sha256 = sha256(verdict.output.data)
+        elif verdict.action is Action.PASS:
+            output = Output(part.declared_type, part.payload, part.untrusted_filename)
+            out.attachments.append(Attachment(output, part.part_id))
+            record.output_sha256 = part.sha256
+        out.notes.update(verdict.notes)
+        out.records.append(record)
+
+    def _hold_subtree(
+        self, node: Message, path: str, depth: int, out: _Collected, reason: str, detail: str
+    ) -> None:
+        """Hold a whole subtree as one part (its bytes are in the kept original)."""
+        try:
+            data = node.as_bytes()
+        except Exception:  # noqa: BLE001 - the subtree cannot even be serialised; size unknown
+            data = b""
+        try:
+            ctype = node.get_content_type()
+        except Exception:  # noqa: BLE001 - hostile headers; the type is unknown
+            ctype = "application/octet-stream"
+        out.records.append(
+            PartRecord(
+                part_id=path,
+                role=Role.ATTACHMENT.value,
+                declared_type=ctype,
+                detected_type=detect_type(data),
+                filename=None,
+                size=len(data),
+                sha256=sha256(data),
+                filter="-",
+                action=Action.HOLD.value,
+                reason=reason,
+                error=detail,
+            )
+        )
+
+
+def _join(prefix: str, index: str) -> str:
+    return f"{prefix}.{index}" if prefix else index
+
+
+def _is_plain(collected: _Collected) -> bool:
+    return not (collected.notes["html-converted"] or collected.notes["rtf-converted"])
+
+
+def _check_verdict(flt: Filter, part: Part, verdict: Verdict) -> None:
+    """A filter's verdict must fit the part: the runner refuses anything that could leak input."""
+    if part.role is Role.BODY:
+        allowed = {Action.TEXT, Action.HOLD, Action.DROP}
+    else:
+        allowed = {Action.REPLACE, Action.HOLD, Action.DROP}
+        if flt.may_pass_unchanged:
+            allowed.add(Action.PASS)
+    if verdict.action not in allowed:
+        raise TypeError(f"filter {flt.name} answered {verdict.action} for a {part.role} part")
+    unchanged = verdict.output is not None and verdict.output.data == part.payload
+    if verdict.action is Action.REPLACE and unchanged and not flt.may_pass_unchanged:
+        raise TypeError(f"filter {flt.name} returned its input unchanged")

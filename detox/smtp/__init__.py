@@ -1,0 +1,1 @@
+"""SMTP in: the aiosmtpd handler (policy, spooling) and the listener wiring."""

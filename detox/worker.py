@@ -1,0 +1,47 @@
+"""The pipeline's worker processes: CPU work off the SMTP event loop, one Pipeline per process.
+
+A worker reads the spooled message itself, keeps the original, writes the detoxified output to
+the spool and returns only the (small) report, so large messages never cross the process pipe.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from detox.config.schema import DetoxConfig
+from detox.pipeline.runner import Pipeline
+from detox.spool import Spool
+from detox.store import Store
+
+
+@dataclass(slots=True)
+class _WorkerState:
+    pipeline: Pipeline
+    spool: Spool
+    store: Store
+
+
+_state: _WorkerState | None = None
+
+
+def init_worker(config: DetoxConfig) -> None:
+    global _state
+    # The parent decides when to stop; a Ctrl-C in the terminal must not kill workers mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _state = _WorkerState(
+        pipeline=Pipeline(config),
+        spool=Spool(config.state_path("spool"), fsync=config.storage.fsync),
+        store=Store(config.state_path(), fsync=config.storage.fsync),
+    )
+
+
+def detoxify_spooled(queue_id: str) -> dict[str, Any]:
+    """Detoxify one spooled message; return its report. Raises to let the parent retry."""
+    assert _state is not None, "init_worker was not called"
+    envelope, raw = _state.spool.read_incoming(queue_id)
+    result = _state.pipeline.run(raw, envelope)
+    _state.store.put_original(result.report["message"]["sha256"], raw)
+    _state.spool.write_output(queue_id, result.output)
+    return result.report

@@ -1,0 +1,180 @@
+"""Configuration: typed, frozen, validated at start-up; every error names the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from detox.config import load_config
+from detox.config.loader import parse_deliver_to, parse_listen
+from detox.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "detox.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_config(REPO / "config" / "detox.toml")
+    assert config.server.listen == "127.0.0.1:2525"
+    assert config.server.accepted_domains == ("city.example.lg.jp",)
+    assert config.delivery.deliver_to == "maildir:var/maildir"
+    assert config.storage.state_dir == "var"
+
+
+def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nlisten = '127.0.0.1:2525'\n[sever]\nx = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.file == str(path)
+    assert err.value.key == "sever"
+    assert "unknown key" in str(err.value)
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nmax_mesage_bytes = 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "server.max_mesage_bytes"
+
+
+def test_bad_value_type(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nmax_recipients = 'many'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "server.max_recipients"
+
+
+def test_bad_enum_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "[delivery]\nstarttls = 'sometimes'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "delivery.starttls"
+
+
+def test_unknown_filter_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pipeline]\norder = ['html', 'pdff']\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "pipeline.order[1]"
+    assert "pdff" in str(err.value)
+
+
+def test_duplicate_filter_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pipeline]\norder = ['html', 'html']\n")
+    with pytest.raises(ConfigError, match="twice"):
+        load_config(path)
+
+
+def test_unknown_filter_option(tmp_path: Path) -> None:
+    path = write(tmp_path, "[filters.text-attachment]\noptions = { max_byte = 3 }\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "filters.text-attachment.options.max_byte"
+
+
+def test_unknown_filter_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[filters.nosuch]\ntimeout_s = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "filters.nosuch"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[server\n"))
+
+
+def test_no_accepted_domains_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[server]\naccepted_domains = []\n"))
+    assert err.value.key == "server.accepted_domains"
+
+
+def test_tls_cert_without_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[server]\ntls_cert = 'cert.pem'\n"))
+    assert err.value.key == "server.tls_cert"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    with pytest.raises(ValidationError):
+        config.server.listen = "0.0.0.0:25"  # type: ignore[misc]
+
+
+def test_relative_paths_resolve_from_working_directory(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[storage]\nstate_dir = 'state'\n"), base_dir=str(tmp_path))
+    assert config.state_path("spool") == tmp_path / "state" / "spool"
+    absolute = load_config(write(tmp_path, "[storage]\nstate_dir = '/srv/detox'\n"), base_dir="/x")
+    assert absolute.state_path() == Path("/srv/detox")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:2525", ("127.0.0.1", 2525)), ("[::1]:25", ("::1", 25))],
+)
+def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ":25", "host:0", "host:99999", "host:x"])
+def test_parse_listen_rejects(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(value)
+
+
+def test_parse_deliver_to() -> None:
+    assert parse_deliver_to("smtp://127.0.0.1:2527").port == 2527
+    assert parse_deliver_to("maildir:var/maildir").path == "var/maildir"
+    with pytest.raises(ConfigError):
+        parse_deliver_to("lmtp://x:1")
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "detox", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_cli_ok() -> None:
+    result = run_cli("check-config", "config/detox.toml")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_config_cli_unknown_key_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[urls]\ndefang = true\nexempt = []\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "urls.exempt" in result.stderr
+
+
+def test_check_config_cli_missing_file_exit_2(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "file not found" in result.stderr
+
+
+def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nlisten = 'nope'\n")
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert "server.listen" in result.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    assert run_cli("frobnicate").returncode == 2
