@@ -95,9 +95,10 @@ class PipelineConfig(Strict):
 
 class BodyConfig(Strict):
     output_charset: Literal["utf-8", "iso-2022-jp"] = "utf-8"
-    # multipart/alternative: keep the plain part only when it has at least this share of the
-    # HTML part's text (many senders put a stub like "HTML メールを表示できません" in it).
-    prefer_plain_ratio: Annotated[float, Field(ge=0, le=1)] = 0.6
+    # multipart/alternative: keep the plain part only when it carries at least this share of the
+    # HTML part's text (character bigrams, URLs aside). Many senders put a stub such as
+    # "HTML メールを表示できません" or a shortened summary in the plain part.
+    plain_coverage: Annotated[float, Field(ge=0, le=1)] = 0.8
 
 
 class UrlConfig(Strict):

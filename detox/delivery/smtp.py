@@ -101,8 +101,8 @@ class SmtpDeliverer(Deliverer):
             log.warning("delivery to %s:%s failed: %s", self.host, self.port, for_log(repr(exc)))
             return {r: Outcome(Status.DEFERRED, None, f"{type(exc).__name__}: {exc}") for r in rcpts}
         outcomes = {r: Outcome(Status.DELIVERED, 250, response) for r in rcpts}
-        for rcpt, refused in errors.items():
-            outcomes[rcpt] = Outcome(_status(refused.code), refused.code, refused.message)
+        for rcpt, reply in errors.items():
+            outcomes[rcpt] = Outcome(_status(reply.code), reply.code, reply.message)
         return outcomes
 
     async def aclose(self) -> None:

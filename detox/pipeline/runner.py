@@ -13,6 +13,7 @@ import email
 import email.policy
 import hashlib
 import logging
+import re
 import signal
 import threading
 from collections import Counter
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import magic
 
@@ -44,6 +45,7 @@ TEXTUAL_MESSAGE_TYPES = frozenset(
     {"message/delivery-status", "message/disposition-notification", "message/global-delivery-status"}
 )
 _SNIFF_BYTES = 64 * 1024
+_URL = re.compile(r"\S+://\S+")
 
 
 def sha256(data: bytes) -> str:
@@ -104,9 +106,6 @@ class _Collected:
         self.attachments.extend(other.attachments)
         self.records.extend(other.records)
         self.notes.update(other.notes)
-
-    def richness(self) -> int:
-        return sum(len("".join(t.split())) for t in self.texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,11 +269,13 @@ class _Walk:
             self._hold_subtree(node, path, depth, out, "unparsable", type(exc).__name__)
 
     def _visit_multipart(self, node: Message, path: str, depth: int, out: _Collected) -> None:
-        children = node.get_payload()
-        if not isinstance(children, list):
+        payload = node.get_payload()
+        if not isinstance(payload, list):
             # Declared multipart but carrying no parseable children: recover it as text.
             self._visit_leaf(node, _join(path, "1"), depth, out, force_type="text/plain")
             return
+        # A str among the children is a parse defect; _visit holds it as unparsable.
+        children = cast(list[Message], payload)
         subtype = node.get_content_subtype()
         if subtype == "alternative":
             self._visit_alternative(children, path, depth, out)
@@ -299,7 +300,7 @@ class _Walk:
             rich = next((o for o in reversed(with_text) if not _is_plain(o)), None)
             if plain is None or rich is None:
                 chosen = with_text[-1]
-            elif plain.richness() >= self.config.body.prefer_plain_ratio * rich.richness():
+            elif _coverage("\n".join(plain.texts), "\n".join(rich.texts)) >= self.config.body.plain_coverage:
                 chosen = plain
             else:
                 chosen = rich
@@ -351,7 +352,7 @@ class _Walk:
             decoded = node.get_payload(decode=True)
             payload = decoded if isinstance(decoded, bytes) else b""
         filename = decode_filename(node)
-        disposition = (node.get_content_disposition() or "").lower()
+        disposition = _disposition(node)
         role = Role.ATTACHMENT
         if ctype in BODY_TYPES and disposition != "attachment" and filename is None:
             role = Role.BODY
@@ -376,12 +377,13 @@ class _Walk:
     def _visit_leaf(
         self, node: Message, path: str, depth: int, out: _Collected, force_type: str | None = None
     ) -> None:
-        part = self._make_part(node, path, depth, force_type)
         self.parts_seen += 1
         if self.parts_seen > self.config.limits.max_mime_parts:
-            verdict, filter_name, error = Verdict(Action.HOLD, reason="limit-exceeded"), "-", "too many parts"
-        else:
-            verdict, filter_name, error = self._decide(part)
+            # Past the cap a part is not even decoded: it is held as it stands in the original.
+            self._hold_subtree(node, path, depth, out, "limit-exceeded", "too many MIME parts")
+            return
+        part = self._make_part(node, path, depth, force_type)
+        verdict, filter_name, error = self._decide(part)
         self._apply(part, verdict, filter_name, error, out)
 
     def _decide(self, part: Part) -> tuple[Verdict, str, str | None]:
@@ -480,6 +482,26 @@ class _Walk:
                 error=detail,
             )
         )
+
+
+def _disposition(node: Message) -> str:
+    """inline / attachment / "" from the raw header: the stdlib's parsed header raises on some
+    RFC 2231 parameters (an ISO-2022-JP file name with Microsoft characters, for one)."""
+    for key, value in node.raw_items():
+        if key.lower() == "content-disposition":
+            return str(value).split(";", 1)[0].strip().lower()
+    return ""
+
+
+def _coverage(plain: str, rich: str, limit: int = 200_000) -> float:
+    """Share of the rich text's character bigrams (URLs left out) that the plain text also has."""
+
+    def bigrams(text: str) -> set[str]:
+        flat = "".join(_URL.sub(" ", text[:limit]).split())
+        return {flat[i : i + 2] for i in range(len(flat) - 1)}
+
+    wanted = bigrams(rich)
+    return len(wanted & bigrams(plain)) / len(wanted) if wanted else 1.0
 
 
 def _join(prefix: str, index: str) -> str:

@@ -591,6 +591,7 @@ class _Candidate:
     japanese: int
     kana: int
     junk: int  # the odd characters that are no half-width katakana
+    replaced: int  # U+FFFD
 
     @property
     def cost(self) -> float:
@@ -615,6 +616,7 @@ def _candidate(text: str, charset: str) -> _Candidate:
         japanese=len(_JAPANESE_RE.findall(sample)),
         kana=len(_KANA_RE.findall(sample)),
         junk=len(_JUNK_RE.findall(sample)),
+        replaced=sample.count("\ufffd"),
     )
 
 
@@ -785,7 +787,10 @@ def _detect_other(raw: bytes) -> Decoded | None:
 
 def _lossy(raw: bytes, charset: str, *, declared: bool) -> Decoded | None:
     """``charset`` with replacements, when it fails on only a few bytes (a cut, a stray byte)."""
-    text = raw.decode(charset, "replace")
+    try:
+        text = raw.decode(charset, "replace")
+    except (UnicodeError, LookupError, ValueError):
+        return None
     sample = text[:_STATS_SAMPLE]
     replaced = sample.count("\ufffd")
     if declared:
@@ -803,7 +808,7 @@ def _fallback(raw: bytes) -> Decoded:
         return Decoded(raw.decode(charset, "replace"), charset, "fallback")
     readings = [_candidate(raw.decode(cs, "replace"), cs) for cs in ("utf-8", "cp932", "euc-jp", "cp1252")]
     # Replacements are lost data: weigh them well above merely odd characters.
-    best = min(readings, key=lambda c: c.cost + 3 * c.text.count("\ufffd") / max(1, c.nonascii))
+    best = min(readings, key=lambda c: c.cost + 3 * c.replaced / max(1, c.nonascii))
     return Decoded(best.text, best.charset, "fallback")  # min() keeps the first on ties: UTF-8
 
 

@@ -77,7 +77,7 @@ def test_postfix_instance_lifecycle() -> None:
         # Downstream outage and recovery: same port, same Maildir.
         port = instance.port
         instance.stop(remove=False)
-        assert not instance.running
+        assert instance.master_pid() is None
         with pytest.raises(OSError):
             socket.create_connection(instance.address, timeout=2).close()
         instance.start()
@@ -85,7 +85,7 @@ def test_postfix_instance_lifecycle() -> None:
         with smtplib.SMTP(instance.host, instance.port, timeout=10) as client:
             client.sendmail("a@src.example.jp", [f"c@{DOMAIN}"], b"Subject: again\r\n\r\nhi\r\n")
         assert len(instance.wait_for(1, timeout=10, user=f"C@{DOMAIN.upper()}")) == 1
-    assert not instance.running
+    assert instance.master_pid() is None
     assert not instance.root.exists()
     instance.stop()  # idempotent
 
