@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 from types import FrameType
 from typing import Any, cast
 
@@ -128,8 +128,11 @@ class Pipeline:
         self.filters = tuple(filters) if filters is not None else build_pipeline(config)
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
+        # Reading uses compat32: policy=default parses structured headers eagerly and raises
+        # UnicodeDecodeError on RFC 2231 names in ISO-2022-JP with Microsoft characters (as
+        # Outlook writes them), which would make a whole mail unreadable. Headers and names are
+        # decoded by detox.text.headers; the output is written with policy=default.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
         ctx = FilterContext(
             queue_id=envelope.queue_id,
             sender_domain=envelope.mail_from.rpartition("@")[2].lower(),

@@ -402,3 +402,23 @@ def test_every_registered_filter_never_passes_input_unless_inert(name: str) -> N
             assert cls.may_pass_unchanged, f"{name} passed {part.declared_type} through unchanged"
         if verdict.action is Action.TEXT:
             assert part.role is Role.BODY
+
+
+def test_outlook_rfc2231_iso2022jp_name_does_not_break_parsing() -> None:
+    """policy=default raises on this header; the pipeline must still read the mail and keep the file."""
+    from urllib.parse import quote
+
+    import detox.text.charset  # noqa: F401 - registers the iso-2022-jp-ms codec
+
+    name = quote("①資料（髙﨑）.txt".encode("iso-2022-jp-ms"), safe="")
+    raw = (
+        "From: a@example.jp\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n本文\r\n"
+        f"--b\r\nContent-Type: text/plain; charset=utf-8; name*=ISO-2022-JP''{name}\r\n"
+        f"Content-Disposition: attachment; filename*=ISO-2022-JP''{name}\r\n\r\n添付の中身\r\n--b--\r\n"
+    ).encode()
+    result, out = run(raw)
+    assert [a.get_filename() for a in out.iter_attachments()] == ["①資料（髙﨑）.txt"]
+    assert "本文" in body_text(out)
+    assert not result.held
