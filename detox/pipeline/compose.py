@@ -98,9 +98,8 @@ def _received(envelope: Envelope, hostname: str) -> str:
     when = email.utils.format_datetime(email.utils.localtime())
     rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else ""
     for_clause = f" for <{rcpt}>" if rcpt and rcpt.isascii() else ""
-    return (
-        f"from {helo} ([{client}]) by {hostname} (detox) with ESMTP id {envelope.queue_id}{for_clause}; {when}"
-    )
+    trace = f"from {helo} ([{client}]) by {hostname} (detox) with ESMTP id {envelope.queue_id}"
+    return f"{trace}{for_clause}; {when}"
 
 
 def _body_part(target: EmailMessage, text: str, charset: str) -> None:

@@ -42,26 +42,29 @@ _H, _T, _P, _S, _F, _W = (_letter(c) for c in "htpsfw")
 _SCHEME = f"(?:{_H}{_T}{_T}{_P}|{_F}{_T}{_P}){_S}?"
 _SEPARATOR = r"[:：][/\\／＼]{1,3}"
 _DEFANGED = r"(?:[hH][xX]{2}[pP]|[fF][xX][pP])[sS]?(?::|\[:\])//"
-# What can follow a scheme: anything up to whitespace, quotes, angle brackets, controls, and the
-# Japanese brackets and punctuation that end a URL written in a sentence.
-_REST = "[^\\s<>\"'`\x00-\x1f\x7f「」『』（）【】〈〉《》〔〕、。，]*"
 # A bare www. or ftp. host that is not part of a longer name or an e-mail address.
 _BARE = f"(?<![A-Za-z0-9@._\\-])(?:{_W}{{3}}[0-9]{{0,3}}|{_F}{_T}{_P})[.．｡](?=\\w)"
-
-_URL_RE = re.compile(
-    f"(?P<defanged>{_DEFANGED})(?P<drest>{_REST})"
-    f"|(?P<scheme>{_SCHEME}){_SEPARATOR}(?P<rest>{_REST})"
-    f"|(?P<bare>{_BARE})(?P<brest>{_REST})"
+# Only the start of a URL; its extent is found by _url_end.
+_URL_START_RE = re.compile(
+    f"(?P<defanged>{_DEFANGED})|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE})"
 )
 _INNER_SCHEME_RE = re.compile(f"(?P<scheme>{_SCHEME}){_SEPARATOR}")
-_AUTHORITY_END_RE = re.compile(r"[/\\?#／＼？＃]")
+
+# A URL stops at whitespace, quotes, angle brackets, controls, and the Japanese brackets and
+# punctuation that end a URL written in a sentence.
+_STOP = "\\s<>\"'`\x00-\x1f\x7f「」『』（）【】〈〉《》〔〕、。，"
+_PATH_START = "/\\\\?#／＼？＃"
+_REST_RE = re.compile(f"[^{_STOP}]*")
+_AUTHORITY_RE = re.compile(f"[^{_STOP}{_PATH_START}]*")
+_PATH_START_RE = re.compile(f"[{_PATH_START}]")
+_ASCII_CHUNK_RE = re.compile(r"[\x00-\x7f]+|[^\x00-\x7f]+")
+_DOTS = ".．｡"
 _HOST_DOT_RE = re.compile(r"(?<!\[)[.．｡](?!\])")
-# The characters an e-mail local part may continue with after "www." (all allowed in _REST).
-_LOCAL_RUN_RE = re.compile(r"[\w.%+\-．｡]*")
+# What an (ASCII) e-mail local part may continue with after "www.". ASCII only, so that
+# "www.example.jpまでinfo@example.jp" (Japanese has no spaces) is still read as a URL.
+_LOCAL_RUN_RE = re.compile(r"[A-Za-z0-9.%+_\-]*")
 _TRAILING = frozenset(".,;:!?'\"…．，；：！？")
 _CLOSERS = {")": "(", "]": "[", "}": "{", "）": "（", "］": "［", "｝": "｛"}
-
-
 _FULLWIDTH_LOWER = str.maketrans({chr(0xFF41 + i): chr(ord("a") + i) for i in range(26)})
 
 
@@ -71,12 +74,43 @@ def _defang_scheme(scheme: str) -> str:
     return s.replace("tt", "xx", 1) if s.startswith("h") else s.replace("t", "x", 1)
 
 
-def _split_trailing(rest: str) -> tuple[str, str]:
+def _inner(m: re.Match[str]) -> str:
+    return _defang_scheme(m.group("scheme")) + "://"
+
+
+def _url_end(text: str, pos: int, *, seen_dot: bool) -> int:
+    """End of the URL whose authority starts at ``pos``.
+
+    The authority ends at a path separator, or where Japanese text follows an ASCII host
+    (``https://example.jpをご覧ください``); a path goes on to whitespace or sentence punctuation.
+    Trailing punctuation and unbalanced closing brackets are left out.
+    """
+    m = _AUTHORITY_RE.match(text, pos)
+    end = m.end() if m else pos
+    ascii_alnum_before = False
+    for chunk in _ASCII_CHUNK_RE.finditer(text, pos, end):
+        part = chunk.group()
+        if part[0] < "\x80":
+            seen_dot = seen_dot or "." in part
+            ascii_alnum_before = part[-1].isalnum()
+        elif seen_dot and ascii_alnum_before and part[0] not in _DOTS:
+            end = chunk.start()
+            break
+        else:
+            seen_dot = seen_dot or "．" in part or "｡" in part
+            ascii_alnum_before = False
+    else:
+        if _PATH_START_RE.match(text, end):
+            rest = _REST_RE.match(text, end)
+            end = rest.end() if rest else end
+    return _trim(text, pos, end)
+
+
+def _trim(text: str, start: int, end: int) -> int:
     """Leave sentence punctuation after a URL outside it (unbalanced closing brackets too)."""
-    end = len(rest)
     counts: dict[str, int] = {}  # counted once per bracket kind: linear however long the tail
-    while end:
-        ch = rest[end - 1]
+    while end > start:
+        ch = text[end - 1]
         if ch in _TRAILING:
             end -= 1
             continue
@@ -84,23 +118,19 @@ def _split_trailing(rest: str) -> tuple[str, str]:
         if opener is None:
             break
         if ch not in counts:
-            counts[ch] = rest.count(ch, 0, end)
-            counts[opener] = rest.count(opener, 0, end)
+            counts[ch] = text.count(ch, start, end)
+            counts[opener] = text.count(opener, start, end)
         if counts[ch] <= counts[opener]:
             break
         counts[ch] -= 1
         end -= 1
-    return rest[:end], rest[end:]
-
-
-def _inner(m: re.Match[str]) -> str:
-    return _defang_scheme(m.group("scheme")) + "://"
+    return end
 
 
 def _defang_rest(rest: str) -> str:
     """Bracket the dots of the authority and defang schemes repeated inside the URL."""
     rest = _INNER_SCHEME_RE.sub(_inner, rest)
-    m = _AUTHORITY_END_RE.search(rest)
+    m = _PATH_START_RE.search(rest)
     cut = m.start() if m else len(rest)
     return _HOST_DOT_RE.sub("[.]", rest[:cut]) + rest[cut:]
 
@@ -110,28 +140,27 @@ def defang_urls(text: str) -> DefangResult:
     out: list[str] = []
     count = 0
     last = pos = 0
-    while (m := _URL_RE.search(text, pos)) is not None:
-        pos = m.end()
+    while (m := _URL_START_RE.search(text, pos)) is not None:
+        start, pos = m.start(), m.end()
         if m.group("defanged") is not None:
-            rest, tail = _split_trailing(m.group("drest"))
-            original = m.group("defanged") + rest
-            new = m.group("defanged") + _INNER_SCHEME_RE.sub(_inner, rest)
+            end = _url_end(text, pos, seen_dot=False)
+            new = m.group("defanged") + _INNER_SCHEME_RE.sub(_inner, text[pos:end])
         elif m.group("scheme") is not None:
-            rest, tail = _split_trailing(m.group("rest"))
-            original = text[m.start() : m.end() - len(tail)]
-            new = _defang_scheme(m.group("scheme")) + "://" + _defang_rest(rest)
+            end = _url_end(text, pos, seen_dot=False)
+            new = _defang_scheme(m.group("scheme")) + "://" + _defang_rest(text[pos:end])
         else:
-            local_end = _LOCAL_RUN_RE.match(text, m.end("bare")).end()  # type: ignore[union-attr]
+            local = _LOCAL_RUN_RE.match(text, pos)
+            local_end = local.end() if local else pos
             if text.startswith("@", local_end):
                 pos = local_end + 1  # www.taro@example.jp is an e-mail address: leave it
                 continue
-            rest, tail = _split_trailing(m.group("brest"))
-            original = m.group("bare") + rest
-            new = _defang_rest(original)
-        if new != original:
-            out.append(text[last : m.start()])
+            end = _url_end(text, pos, seen_dot=True)
+            new = _defang_rest(text[start:end])
+        pos = max(pos, end)
+        if new != text[start:end]:
+            out.append(text[last:start])
             out.append(new)
-            last = m.start() + len(original)
+            last = end
             count += 1
     if not count:
         return DefangResult(text=text, count=0)
