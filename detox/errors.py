@@ -44,14 +44,6 @@ class LimitExceeded(FilterError):
         super().__init__(f"limit exceeded: {limit}" + (f" ({detail})" if detail else ""))
 
 
-class DeliveryError(DetoxError):
-    """Downstream delivery failed."""
-
-    def __init__(self, message: str, *, temporary: bool) -> None:
-        self.temporary = temporary
-        super().__init__(message)
-
-
 class StoreError(DetoxError):
     """The originals store or its index could not be written or read."""
 

@@ -110,7 +110,7 @@ class Service:
             try:
                 state = self.spool.read_state(queue_id)
             except SpoolError as exc:
-                self._move_aside(queue_id, str(exc))
+                self._move_aside(queue_id, str(exc), stage="spool")
                 continue
             self._schedule_delivery(queue_id, state.next_attempt)
             resumed += 1
@@ -138,12 +138,12 @@ class Service:
         base = self.config.delivery.retry_base_s * (2 ** min(attempts - 1, 20))
         return float(min(base, self.config.delivery.retry_max_s) * random.uniform(0.8, 1.2))
 
-    def _move_aside(self, queue_id: str, why: str) -> None:
-        log.error("%s moved aside: %s", queue_id, why)
+    def _move_aside(self, queue_id: str, why: str, *, stage: str) -> None:
+        log.error("%s moved aside (%s): %s", queue_id, stage, why)
         with contextlib.suppress(OSError):
             self.spool.move_aside(queue_id, why)
         with contextlib.suppress(OSError):
-            self.audit.write("failed", queue_id, stage="spool", reason=why)
+            self.audit.write("failed", queue_id, stage=stage, reason=why)
 
     # -- the pipeline -------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class Service:
         self._pipeline_failures[queue_id] = count
         if count >= MAX_PIPELINE_ATTEMPTS:
             self._pipeline_failures.pop(queue_id, None)
-            self._move_aside(queue_id, f"pipeline failed {count} times: {why}")
+            self._move_aside(queue_id, f"pipeline failed {count} times: {why}", stage="pipeline")
             return
         with contextlib.suppress(OSError):
             self.audit.write("deferred", queue_id, stage="pipeline", reason=why, attempt=count)
@@ -248,7 +248,7 @@ class Service:
             state = await asyncio.to_thread(self.spool.read_state, queue_id)
             data = await asyncio.to_thread(self.spool.read_output, queue_id)
         except DetoxError as exc:
-            self._move_aside(queue_id, str(exc))
+            self._move_aside(queue_id, str(exc), stage="delivery")
             return
         pending = state.pending()
         if pending:

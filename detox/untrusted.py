@@ -24,15 +24,3 @@ def for_log(untrusted: object, limit: int = _MAX_LOG) -> str:
     rendered = "".join(out)
     return rendered[:limit] + "…" if len(text) > limit else rendered
 
-
-def for_filename(untrusted: str, limit: int = 200) -> str:
-    """A display/file name with control chars and path separators removed, never empty."""
-    cleaned = (
-        "".join(
-            "_" if (unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") or ch in "/\\") else ch
-            for ch in untrusted
-        )
-        .strip()
-        .lstrip(".")
-    )
-    return cleaned[:limit] or "attachment"

@@ -6,6 +6,7 @@ the spool and returns only the (small) report, so large messages never cross the
 
 from __future__ import annotations
 
+import ctypes
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +25,21 @@ class _WorkerState:
 
 
 _state: _WorkerState | None = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its parent goes (e.g. after ``kill -9`` of serve)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool notices the broken pipe instead
+        pass
 
 
 def init_worker(config: DetoxConfig) -> None:
     global _state
+    _die_with_parent()
     # The parent decides when to stop; a Ctrl-C in the terminal must not kill workers mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _state = _WorkerState(

@@ -37,7 +37,7 @@ for arg in "$@"; do
         --check) mode=check ;;
         --strict) strict=1 ;;
         -h | --help)
-            sed -n '2,14p' "$0"
+            awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
             exit 0
             ;;
         *)

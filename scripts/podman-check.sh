@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         --keep) keep=1 ;;
         --stand-in) stand_in=1 ;;
         --timeout) health_timeout=$2; shift ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "podman-check: unknown argument: $1" >&2; exit 2 ;;
     esac
     shift

@@ -105,6 +105,11 @@ class UrlConfig(Strict):
     defang: bool = True
     exempt_sender_domains: tuple[str, ...] = ()
 
+    @field_validator("exempt_sender_domains")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(d.strip().lower().rstrip(".") for d in v)
+
 
 DEFAULT_NOTICE = """\
 【detox 無害化通知】

@@ -26,8 +26,9 @@ class NoOptions(BaseModel):
 @dataclass(frozen=True, slots=True)
 class FilterContext:
     queue_id: str
-    sender_domain: str
+    sender_domain: str  # from the unauthenticated MAIL FROM
     config: DetoxConfig
+    defang_urls: bool = True  # urls.defang, unless the sender's domain is exempt
 
 
 class Filter(ABC):

@@ -14,6 +14,7 @@ from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.text.charset import decode_body
 from detox.text.html import html_to_text
 from detox.text.rtf import rtf_to_text
+from detox.text.urls import defang_urls
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 RTF_TYPES = frozenset({"text/rtf", "application/rtf", "text/richtext"})
@@ -71,12 +72,18 @@ class HtmlFilter(Filter):
                 notes=("html-converted",),
                 charset=decoded.charset,
             )
-        data = converted.text.encode("utf-8")
+        # A converted attachment is read like the body, so its links are made safe the same way.
+        text, notes = converted.text, ["html-converted"]
+        if ctx.defang_urls:
+            defanged = defang_urls(text)
+            text = defanged.text
+            notes.extend(["urls-defanged"] * defanged.count)
+        data = text.encode("utf-8")
         return Verdict(
             Action.REPLACE,
             output=Output("text/plain", data, _text_name(part.untrusted_filename, ".txt"), "utf-8"),
             removed=removed,
-            notes=("html-converted",),
+            notes=tuple(notes),
             charset=decoded.charset,
         )
 

@@ -133,19 +133,24 @@ class Pipeline:
         # Outlook writes them), which would make a whole mail unreadable. Headers and names are
         # decoded by detox.text.headers; the output is written with policy=default.
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        sender_domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
         ctx = FilterContext(
             queue_id=envelope.queue_id,
-            sender_domain=envelope.mail_from.rpartition("@")[2].lower(),
+            sender_domain=sender_domain,
             config=self.config,
+            defang_urls=self.config.urls.defang
+            and sender_domain not in self.config.urls.exempt_sender_domains,
         )
         walk = _Walk(self, ctx)
         collected = walk.message_contents(msg, prefix="", depth=0)
 
         body_text = "\n\n".join(t.strip("\n") for t in collected.texts if t.strip())
         defanged = 0
-        if self.config.urls.defang and ctx.sender_domain not in self.config.urls.exempt_sender_domains:
+        if ctx.defang_urls:
             result = defang_urls(body_text)
             body_text, defanged = result.text, result.count
+        # URLs made safe anywhere (forwarded bodies, converted attachments) count in the notice.
+        defanged += collected.notes.pop("urls-defanged", 0)
         held = [r for r in collected.records if r.action == Action.HOLD]
         actions = _actions_summary(collected.notes, defanged, collected.records)
         notice = ""
@@ -284,7 +289,8 @@ class _Walk:
             self._visit_alternative(children, path, depth, out)
             return
         if subtype == "encrypted":
-            self._hold_subtree(node, _join(path, "1"), depth, out, "encrypted", "multipart/encrypted")
+            # The whole encrypted subtree is one held item; "0" names the whole message.
+            self._hold_subtree(node, path or "0", depth, out, "encrypted", "multipart/encrypted")
             return
         for i, child in enumerate(children, 1):
             self._visit(child, _join(path, str(i)), depth, out)
@@ -313,6 +319,7 @@ class _Walk:
                     if rec.action == Action.TEXT:
                         rec.action = Action.DROP
                         rec.reason = "alternative-unused"
+                        rec.output_sha256 = None
                 option.notes = Counter(
                     {k: v for k, v in option.notes.items() if k not in ("html-converted", "rtf-converted")}
                 )
@@ -326,11 +333,10 @@ class _Walk:
             return
         contents = self.message_contents(inner, path, depth)
         body = "\n\n".join(t.strip("\n") for t in contents.texts if t.strip())
-        if self.config.urls.defang and self.ctx.sender_domain not in self.config.urls.exempt_sender_domains:
+        if self.ctx.defang_urls:
             defanged = defang_urls(body)
             body = defanged.text
-            if defanged.count:
-                contents.notes["urls-defanged-forwarded"] += defanged.count
+            contents.notes["urls-defanged"] += defanged.count
         out.attachments.append(Forwarded(inner, body + "\n" if body else "", contents.attachments, path))
         out.records.extend(contents.records)
         out.notes.update(contents.notes)

@@ -373,7 +373,8 @@ class _Out:
         self.pending_space = True
 
     def hard(self, spaces: str) -> None:
-        if self.pending_space and self.cur_content:
+        """Non-collapsible spaces (``&nbsp;``, ``<pre>``), kept only if text follows on the line."""
+        if self.pending_space and self.cur_content and not self.pending_nl:
             spaces = " " + spaces
         self.pending_space = False
         self.pending_hard += spaces

@@ -55,9 +55,10 @@ _INNER_SCHEME_RE = re.compile(f"(?P<scheme>{_SCHEME}){_SEPARATOR}")
 _STOP = "\\s<>\"'`\x00-\x1f\x7f「」『』（）【】〈〉《》〔〕、。，"
 _PATH_START = "/\\\\?#／＼？＃"
 _REST_RE = re.compile(f"[^{_STOP}]*")
-_AUTHORITY_RE = re.compile(f"[^{_STOP}{_PATH_START}]*")
+_AUTHORITY_RUN_RE = re.compile(
+    f"(?P<ascii>[^{_STOP}{_PATH_START}\\x80-\\U0010ffff]+)|[^{_STOP}{_PATH_START}\\x00-\\x7f]+"
+)
 _PATH_START_RE = re.compile(f"[{_PATH_START}]")
-_ASCII_CHUNK_RE = re.compile(r"[\x00-\x7f]+|[^\x00-\x7f]+")
 _DOTS = ".．｡"
 _HOST_DOT_RE = re.compile(r"(?<!\[)[.．｡](?!\])")
 # What an (ASCII) e-mail local part may continue with after "www.". ASCII only, so that
@@ -83,26 +84,26 @@ def _url_end(text: str, pos: int, *, seen_dot: bool) -> int:
 
     The authority ends at a path separator, or where Japanese text follows an ASCII host
     (``https://example.jpをご覧ください``); a path goes on to whitespace or sentence punctuation.
-    Trailing punctuation and unbalanced closing brackets are left out.
+    Trailing punctuation and unbalanced closing brackets are left out. The authority is read in
+    ASCII / non-ASCII runs and reading stops at the first run past its end, so text after a URL
+    is not scanned again and again.
     """
-    m = _AUTHORITY_RE.match(text, pos)
-    end = m.end() if m else pos
+    end = pos
     ascii_alnum_before = False
-    for chunk in _ASCII_CHUNK_RE.finditer(text, pos, end):
-        part = chunk.group()
-        if part[0] < "\x80":
-            seen_dot = seen_dot or "." in part
-            ascii_alnum_before = part[-1].isalnum()
-        elif seen_dot and ascii_alnum_before and part[0] not in _DOTS:
-            end = chunk.start()
-            break
+    while (m := _AUTHORITY_RUN_RE.match(text, end)) is not None:
+        run = m.group()
+        if m.group("ascii") is not None:
+            seen_dot = seen_dot or "." in run
+            ascii_alnum_before = run[-1].isalnum()
+        elif seen_dot and ascii_alnum_before and run[0] not in _DOTS:
+            return _trim(text, pos, end)  # Japanese text right after an ASCII host name
         else:
-            seen_dot = seen_dot or "．" in part or "｡" in part
+            seen_dot = seen_dot or "．" in run or "｡" in run
             ascii_alnum_before = False
-    else:
-        if _PATH_START_RE.match(text, end):
-            rest = _REST_RE.match(text, end)
-            end = rest.end() if rest else end
+        end = m.end()
+    if _PATH_START_RE.match(text, end):
+        rest = _REST_RE.match(text, end)
+        end = rest.end() if rest else end
     return _trim(text, pos, end)
 
 

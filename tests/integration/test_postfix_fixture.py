@@ -44,6 +44,8 @@ def test_postfix_delivers_to_maildir(postfix: PostfixInstance) -> None:
     assert "①㈱髙" in body.get_content()
     assert postfix.maildir().is_dir()
     assert postfix.messages(user) == [raw]  # a bare local part matches too
+    assert postfix.messages(contains=subject) == [raw]
+    assert postfix.wait_for(1, timeout=1, contains=subject.encode()) == [raw]
 
 
 @pytest.mark.postfix

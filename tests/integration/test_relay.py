@@ -199,8 +199,8 @@ def test_relay_into_real_postfix(tmp_path: Path, postfix: PostfixInstance) -> No
     proc = DetoxProcess(tmp_path, f"smtp://{host}:{port}", {"delivery": {"starttls": "off"}}).start()
     try:
         queue_id = send(proc.port, japanese_html_mail(), [RCPT])
-        postfix.wait_for(1, timeout=60)
-        [raw] = [m for m in postfix.messages() if queue_id.encode() in m]
+        # the Postfix instance is shared by the session: wait for this message, not any message
+        [raw] = postfix.wait_for(1, timeout=60, contains=queue_id)
         out = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(out, EmailMessage)
         assert out["Subject"] == "【重要】①㈱髙橋 のお知らせ"

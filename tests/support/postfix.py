@@ -301,34 +301,43 @@ class PostfixInstance:
                     files.append((entry.stat().st_mtime_ns, entry.name, entry))
         return [path for _, _, path in sorted(files)]
 
-    def messages(self, user: str | None = None) -> list[bytes]:
+    def messages(self, user: str | None = None, contains: bytes | str | None = None) -> list[bytes]:
         """Raw delivered messages, oldest first (LF line endings, Postfix's delivery headers prepended).
 
         ``user`` selects one recipient: a full address, or a bare local part that matches in any test domain
-        (case-insensitive, compared with the ``Delivered-To:`` header).
+        (case-insensitive, compared with the ``Delivered-To:`` header). ``contains`` keeps only messages that
+        contain these bytes (str: UTF-8), e.g. a queue id or a unique Subject. The instance is shared by the
+        whole session, so earlier tests' messages are here too: select yours with one of the two.
         """
+        needle = contains.encode() if isinstance(contains, str) else contains
         out: list[bytes] = []
         for path in self.message_files():
             try:
                 raw = path.read_bytes()
             except FileNotFoundError:
                 continue
-            if user is None or _delivered_to_matches(raw, user):
-                out.append(raw)
+            if user is not None and not _delivered_to_matches(raw, user):
+                continue
+            if needle is not None and needle not in raw:
+                continue
+            out.append(raw)
         return out
 
-    def wait_for(self, n: int, timeout: float = 10.0, user: str | None = None) -> list[bytes]:
-        """Poll until at least ``n`` messages are delivered (to ``user``, or anywhere); return them all."""
+    def wait_for(
+        self, n: int, timeout: float = 10.0, user: str | None = None, contains: bytes | str | None = None
+    ) -> list[bytes]:
+        """Poll until at least ``n`` messages selected as in :meth:`messages` are delivered; return them."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            found = self.messages(user)
+            found = self.messages(user, contains)
             if len(found) >= n:
                 return found
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"postfix: {len(found)} of {n} message(s) delivered"
-                    f"{f' to {user}' if user else ''} after {timeout:.1f}s\n"
+                    f"{f' to {user}' if user else ''}{f' containing {contains!r}' if contains else ''}"
+                    f" after {timeout:.1f}s\n"
                     f"--- queue ---\n{self.queue()}\n--- maillog (tail) ---\n{self.log(tail=40)}"
                 )
             time.sleep(delay)

@@ -178,3 +178,14 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
 
 def test_usage_error_exit_2() -> None:
     assert run_cli("frobnicate").returncode == 2
+
+
+def test_require_tls_without_certificate_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[server]\nrequire_tls = true\n"))
+    assert err.value.key == "server.require_tls"
+
+
+def test_exempt_sender_domains_are_normalised(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[urls]\nexempt_sender_domains = ['Partner.Example.']\n"))
+    assert config.urls.exempt_sender_domains == ("partner.example",)

@@ -422,3 +422,32 @@ def test_outlook_rfc2231_iso2022jp_name_does_not_break_parsing() -> None:
     assert [a.get_filename() for a in out.iter_attachments()] == ["①資料（髙﨑）.txt"]
     assert "本文" in body_text(out)
     assert not result.held
+
+
+def test_html_attachment_becomes_text_with_links_defanged() -> None:
+    msg = base()
+    msg.set_content("案内を添付します")
+    msg.add_attachment(
+        "<p>申込は<a href='https://evil.example/a'>こちら</a></p><script>x()</script>",
+        subtype="html",
+        filename="案内.html",
+    )
+    result, out = run(msg)
+    [att] = list(out.iter_attachments())
+    assert att.get_filename() == "案内.html.txt"
+    assert att.get_content_type() == "text/plain"
+    content = att.get_content()
+    assert "hxxps://evil[.]example/a" in content and "x()" not in content
+    assert "urls-defanged=1" in result.actions
+    assert "URL 1 件" in body_text(out)
+
+
+def test_whole_encrypted_message_is_held_as_part_0() -> None:
+    raw = (
+        b"From: a@example.jp\r\nSubject: enc\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b--\r\n"
+    )
+    result, out = run(raw)
+    assert [(r.part_id, r.reason) for r in result.held] == [("0", "encrypted")]
+    assert f"{ENV.queue_id}/0" in body_text(out)
