@@ -62,7 +62,8 @@ class Service:
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("forkserver"),
+            # spawn: workers are children of serve itself, so PDEATHSIG reaps them on kill -9
+            mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
             initargs=(self.config,),
         )
