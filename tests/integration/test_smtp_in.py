@@ -212,3 +212,25 @@ def test_starttls_offered_with_certificate(tls_detox: DetoxProcess) -> None:
         client.ehlo()
         client.sendmail("sender@example.jp", [RCPT], simple_message())
     wait_maildir(tls_detox, 1)
+
+
+def test_spool_failure_answers_451_and_keeps_details_in_our_log(detox: DetoxProcess) -> None:
+    tmp = detox.state / "spool" / "tmp"
+    tmp.rmdir()
+    tmp.write_bytes(b"")  # the spool can no longer write anything
+    try:
+        with connect(detox) as client:
+            client.ehlo()
+            client.mail("sender@example.jp")
+            client.rcpt(RCPT)
+            code, text = client.data(simple_message())
+        assert code == 451
+        assert text == b"4.3.0 Local error in processing, please try again later"
+        assert "spool write failed" in detox.log_text()
+        assert list((detox.state / "spool" / "incoming").iterdir()) == []
+    finally:
+        tmp.unlink()
+        tmp.mkdir()
+    with connect(detox) as client:  # recovered: the same client retries and is accepted
+        client.sendmail("sender@example.jp", [RCPT], simple_message())
+    wait_maildir(detox, 1)
