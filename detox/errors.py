@@ -44,6 +44,14 @@ class LimitExceeded(FilterError):
         super().__init__(f"limit exceeded: {limit}" + (f" ({detail})" if detail else ""))
 
 
+class SandboxError(FilterError):
+    """A sandboxed converter failed, was killed, or the sandbox could not start."""
+
+
+class SandboxTimeout(SandboxError, FilterTimeout):
+    """A sandboxed converter ran past its wall-clock limit and was killed with its process group."""
+
+
 class StoreError(DetoxError):
     """The originals store or its index could not be written or read."""
 

@@ -149,6 +149,16 @@ class NoticeConfig(Strict):
     )
 
 
+class SandboxConfig(Strict):
+    """Where converters of hostile bytes run (see detox.sandbox)."""
+
+    provider: Literal["bwrap", "subprocess"] = "bwrap"
+    # The subprocess provider has no isolation: it refuses to run unless this is true.
+    allow_unsandboxed: bool = False
+    memory_mb: PositiveInt = 2048
+    cpu_s: PositiveInt = 60
+
+
 class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -163,6 +173,7 @@ class DetoxConfig(Strict):
     body: BodyConfig = BodyConfig()
     urls: UrlConfig = UrlConfig()
     notice: NoticeConfig = NoticeConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Set by the loader: where relative paths are resolved from (the working directory).

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from detox.config.schema import DetoxConfig
 from detox.pipeline.model import Part, Verdict
+from detox.sandbox.base import Sandbox
 
 
 class NoOptions(BaseModel):
@@ -29,6 +30,9 @@ class FilterContext:
     sender_domain: str  # from the unauthenticated MAIL FROM
     config: DetoxConfig
     defang_urls: bool = True  # urls.defang, unless the sender's domain is exempt
+    # Converters of hostile bytes run here; None when no sandbox is configured (they then raise
+    # SandboxError and the runner holds the part).
+    sandbox: Sandbox | None = None
 
 
 class Filter(ABC):

@@ -31,12 +31,14 @@ from __future__ import annotations
 import html as html_lib
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import unquote
 
+import bs4
 from bs4 import BeautifulSoup
 from bs4.element import (
     CData,
@@ -47,6 +49,13 @@ from bs4.element import (
     PageElement,
     ProcessingInstruction,
     Tag,
+)
+
+# bs4 warns when markup looks like XML, a URL or a file name: mail bodies are what they are.
+_BS4_WARNINGS: tuple[type[Warning], ...] = tuple(
+    c
+    for c in (getattr(bs4, n, None) for n in ("XMLParsedAsHTMLWarning", "MarkupResemblesLocatorWarning"))
+    if isinstance(c, type) and issubclass(c, Warning)
 )
 
 __all__ = ["HtmlText", "html_to_text", "is_script_url", "link_target", "same_target", "strip_invisible"]
@@ -191,6 +200,10 @@ _DROP_SILENT = frozenset(
         "colgroup",
     }
 )
+_VOID = frozenset({
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input",
+    "keygen", "link", "meta", "param", "source", "track", "wbr",
+})
 _PRE = frozenset({"pre", "listing", "xmp", "plaintext"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _PARAGRAPH = frozenset({"figure", "dl"}) | _HEADINGS | _PRE
@@ -524,6 +537,14 @@ class _Renderer:
         action, or :func:`_skip` to leave the element and its children out.
         """
         name = (tag.name or "").lower()
+        action = self._enter(tag, name)
+        if action is _skip and name in _VOID and tag.contents:
+            # libxml2 does not know that <embed>, <source>, <track>, <wbr>, ... are void and
+            # nests what follows inside them: those children are really siblings.
+            return None
+        return action
+
+    def _enter(self, tag: Tag, name: str) -> _Action | None:
         out = self.out
         if name in _DROP_COUNTED:
             self.removed[name] += 1
@@ -812,7 +833,10 @@ def html_to_text(untrusted_html: str, *, max_chars: int = 2_000_000) -> HtmlText
         return HtmlText(text="", links=0, images=0, removed=MappingProxyType({"parse-error": 1}))
     r = _Renderer()
     try:
-        soup = BeautifulSoup(source, "lxml")
+        with warnings.catch_warnings():
+            for category in _BS4_WARNINGS:
+                warnings.simplefilter("ignore", category)
+            soup = BeautifulSoup(source, "lxml")
         _render(soup, r)
         text = r.out.finish()
     except Exception:  # noqa: BLE001 - a parser or renderer bug must not lose the mail

@@ -344,6 +344,9 @@ class _Parser:
 
     def emit(self, text: str, *, trusted: bool = False) -> None:
         """Send decoded text to the current destination; ``trusted`` text is our own."""
+        if self.hi_surrogate:  # a high surrogate not followed by its low half
+            self.hi_surrogate = 0
+            self.emit("\ufffd")
         st = self.st
         if st.dest == _FLDINST:
             if st.field is not None and len(st.field.instruction) < 256:
@@ -630,6 +633,8 @@ def _assemble(pieces: list[str]) -> str:
         if _CELL in raw:
             cells = [cell.strip() for cell in raw.split(_CELL)]
             line = " | ".join(cell for cell in cells if cell)
+            if not line:
+                continue  # an empty table row
         else:
             line = raw.rstrip()
         if not line.strip():

@@ -1,0 +1,1 @@
+"""Isolation for converters that parse hostile bytes: one abstraction, several providers."""
