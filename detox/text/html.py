@@ -129,8 +129,8 @@ def link_target(href: str) -> str | None:
     if is_script_url(href):
         return None
     if href[:7].lower() == "mailto:":
-        href = unquote(href[7:].split("?", 1)[0]).strip()
-        href, _, _ = strip_invisible(href)
+        href, _, _ = strip_invisible(unquote(href[7:].split("?", 1)[0]))
+    href = " ".join(href.split())  # no line breaks of any kind inside a shown URL
     return href[:_MAX_URL] + "…" if len(href) > _MAX_URL else href
 
 
@@ -200,10 +200,28 @@ _DROP_SILENT = frozenset(
         "colgroup",
     }
 )
-_VOID = frozenset({
-    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input",
-    "keygen", "link", "meta", "param", "source", "track", "wbr",
-})
+_VOID = frozenset(
+    {
+        "area",
+        "base",
+        "basefont",
+        "bgsound",
+        "br",
+        "col",
+        "embed",
+        "frame",
+        "hr",
+        "img",
+        "input",
+        "keygen",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    }
+)
 _PRE = frozenset({"pre", "listing", "xmp", "plaintext"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _PARAGRAPH = frozenset({"figure", "dl"}) | _HEADINGS | _PRE

@@ -1,11 +1,11 @@
 """Extract the readable text of an untrusted RTF document (a body or an attachment).
 
-A small linear tokenizer of our own rather than ``striprtf`` (which is kept as a project
-dependency for now but not used here): ``striprtf`` 0.0.35 runs a back-tracking regular
-expression over the whole document for HYPERLINK fields (seconds for a few kilobytes of crafted
-input, growing quadratically), decodes a double-byte pair split by a source line break
-(``\\'82`` CRLF ``\\'a0``) as two broken halves, leaves UTF-16 surrogate pairs from ``\\uN``
-unjoined, and does not skip ``\\bin`` data, whose raw bytes can contain braces. Here:
+A small linear tokenizer of our own rather than ``striprtf``: ``striprtf`` 0.0.35 runs a
+back-tracking regular expression over the whole document for HYPERLINK fields (seconds for a
+few kilobytes of crafted input, growing quadratically), decodes a double-byte pair split by a
+source line break (``\\'82`` CRLF ``\\'a0``) as two broken halves, leaves UTF-16 surrogate pairs
+from ``\\uN`` unjoined, and does not skip ``\\bin`` data, whose raw bytes can contain braces.
+Here:
 
 * ``\\'xx`` bytes are collected and decoded together, so DBCS pairs (``\\'82\\'a0`` → あ) survive,
   with the font's code page (``\\fcharset128`` → cp932, ``\\cpgN``) or, for fonts with the ANSI,
@@ -45,6 +45,7 @@ class RtfText:
     """What was dropped, by kind: ``object``, ``objdata``, ``pict``, ``bin``, ``hidden``, ..."""
 
 
+_NEWLINES_RE = re.compile("\r\n|[\r\f\u2028\u2029]")
 _MAX_DEPTH = 1000
 _MAX_TOKENS = 4_000_000  # bounds the time on crafted input (real documents need far fewer)
 _MAX_UC = 16
@@ -94,7 +95,6 @@ _CODEPAGE_NAMES = {
     50222: "iso2022_jp",
     51932: "euc_jp",
     65001: "utf-8",
-    1200: "utf-16-le",
 }
 
 _SPECIAL_WORDS = {
@@ -363,7 +363,7 @@ class _Parser:
         if trusted:
             self.out.append(text)
             return
-        text, inv, ctl = strip_invisible(text.replace("\r\n", "\n").replace("\r", "\n"))
+        text, inv, ctl = strip_invisible(_NEWLINES_RE.sub("\n", text))
         self.invisible += inv
         self.control += ctl
         if text:

@@ -43,10 +43,15 @@ _SCHEME = f"(?:{_H}{_T}{_T}{_P}|{_F}{_T}{_P}){_S}?"
 _SEPARATOR = r"[:：][/\\／＼]{1,3}"
 _DEFANGED = r"(?:[hH][xX]{2}[pP]|[fF][xX][pP])[sS]?(?::|\[:\])//"
 # A bare www. or ftp. host that is not part of a longer name or an e-mail address.
-_BARE = f"(?<![A-Za-z0-9@._\\-])(?:{_W}{{3}}[0-9]{{0,3}}|{_F}{_T}{_P})[.．｡](?=\\w)"
-# Only the start of a URL; its extent is found by _url_end.
+_NOT_AFTER = "(?<![A-Za-z0-9@._\\-])"
+_BARE = f"{_NOT_AFTER}(?:{_W}{{3}}[0-9]{{0,3}}|{_F}{_T}{_P})[.．｡](?=\\w)"
+_DEFANGED_BARE = f"{_NOT_AFTER}(?:[wW]{{3}}[0-9]{{0,3}}|[fF][tT][pP])\\[\\.\\]"
+# Only the start of a URL; its extent is found by _url_end. Defanged URLs are recognised so that
+# what their extent covers is not read again (idempotence: a "www." inside the path of a URL is
+# part of that URL both times).
 _URL_START_RE = re.compile(
-    f"(?P<defanged>{_DEFANGED})|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE})"
+    f"(?P<defanged>{_DEFANGED})|(?P<defanged_bare>{_DEFANGED_BARE})"
+    f"|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE})"
 )
 _INNER_SCHEME_RE = re.compile(f"(?P<scheme>{_SCHEME}){_SEPARATOR}")
 
@@ -61,9 +66,10 @@ _AUTHORITY_RUN_RE = re.compile(
 _PATH_START_RE = re.compile(f"[{_PATH_START}]")
 _DOTS = ".．｡"
 _HOST_DOT_RE = re.compile(r"(?<!\[)[.．｡](?!\])")
-# What an (ASCII) e-mail local part may continue with after "www.". ASCII only, so that
-# "www.example.jpまでinfo@example.jp" (Japanese has no spaces) is still read as a URL.
-_LOCAL_RUN_RE = re.compile(r"[A-Za-z0-9.%+_\-]*")
+# What an e-mail local part may continue with after "www." (RFC 5322 atext without / ? #, which
+# start a URL path). ASCII only, so that "www.example.jpまでinfo@example.jp" (Japanese has no
+# spaces) is still read as a URL; at most 64 characters (RFC 5321), so the check is O(1).
+_LOCAL_RUN_RE = re.compile(r"[A-Za-z0-9!$%&'*+=^_`{|}~.\-]{0,64}")
 _TRAILING = frozenset(".,;:!?'\"…．，；：！？")
 _CLOSERS = {")": "(", "]": "[", "}": "{", "）": "（", "］": "［", "｝": "｛"}
 _FULLWIDTH_LOWER = str.maketrans({chr(0xFF41 + i): chr(ord("a") + i) for i in range(26)})
@@ -143,9 +149,9 @@ def defang_urls(text: str) -> DefangResult:
     last = pos = 0
     while (m := _URL_START_RE.search(text, pos)) is not None:
         start, pos = m.start(), m.end()
-        if m.group("defanged") is not None:
-            end = _url_end(text, pos, seen_dot=False)
-            new = m.group("defanged") + _INNER_SCHEME_RE.sub(_inner, text[pos:end])
+        if m.group("defanged") is not None or m.group("defanged_bare") is not None:
+            end = _url_end(text, pos, seen_dot=m.group("defanged") is None)
+            new = text[start:pos] + _INNER_SCHEME_RE.sub(_inner, text[pos:end])
         elif m.group("scheme") is not None:
             end = _url_end(text, pos, seen_dot=False)
             new = _defang_scheme(m.group("scheme")) + "://" + _defang_rest(text[pos:end])

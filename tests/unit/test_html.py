@@ -222,7 +222,7 @@ def test_paragraphs_and_headings() -> None:
 
 def test_outlook_msonormal_paragraphs_are_lines() -> None:
     html = (
-        '<p class=MsoNormal>一行目<o:p></o:p></p><p class=MsoNormal><o:p>&nbsp;</o:p></p>'
+        "<p class=MsoNormal>一行目<o:p></o:p></p><p class=MsoNormal><o:p>&nbsp;</o:p></p>"
         '<p class=MsoNormal>三行目</p><p style="margin:0">四行目</p><p>五行目</p>'
     )
     assert text(html) == "一行目\n三行目\n四行目\n\n五行目\n"
@@ -257,9 +257,7 @@ def test_nested_lists() -> None:
         "<ul><li>一<ul><li>一の一<ol><li>深い</li></ol></li></ul></li><li>二<br>続き</li></ul>"
         "<ol start=7><li>七</li><li value=10>十</li><li>十一</li></ol>"
     )
-    assert text(html) == (
-        "・ 一\n  ・ 一の一\n    1. 深い\n・ 二\n  続き\n\n7. 七\n10. 十\n11. 十一\n"
-    )
+    assert text(html) == ("・ 一\n  ・ 一の一\n    1. 深い\n・ 二\n  続き\n\n7. 七\n10. 十\n11. 十一\n")
 
 
 def test_list_directly_inside_list_and_empty_items() -> None:
@@ -375,6 +373,8 @@ def test_link_helpers() -> None:
     assert link_target("javascript:x") is None
     assert link_target("#frag") == ""
     assert link_target("mailto:%E5%B1%B1@example.jp") == "山@example.jp"
+    assert link_target("mailto:a%0Ab@example.jp") == "a b@example.jp"
+    assert link_target("https://example.jp/a\u2028b") == "https://example.jp/a b"
     assert link_target("https://example.jp/" + "a" * 5000) == "https://example.jp/" + "a" * 4077 + "…"
     assert strip_invisible("a\u200bb\x00c") == ("abc", 1, 1)
 
@@ -517,8 +517,18 @@ def test_input_is_truncated_to_max_chars() -> None:
 @pytest.mark.parametrize(
     "garbage",
     [
-        "<", "<<<>>>", "<p", "</p></div></table>", "<a href=", "<!--", "<![CDATA[", "<?xml",
-        "&#xFFFFFFF;&#0;", "<td><tr>x", "http://example.jp/", "index.html",
+        "<",
+        "<<<>>>",
+        "<p",
+        "</p></div></table>",
+        "<a href=",
+        "<!--",
+        "<![CDATA[",
+        "<?xml",
+        "&#xFFFFFFF;&#0;",
+        "<td><tr>x",
+        "http://example.jp/",
+        "index.html",
     ],
 )
 def test_garbage_never_raises(garbage: str) -> None:
@@ -547,10 +557,37 @@ _INVISIBLE = frozenset(
         st.one_of(
             st.text(max_size=20),
             st.sampled_from(
-                ["<p>", "</p>", "<br>", "<td>", "<tr>", "<table>", "</table>", "<li>", "<ul>", "<pre>",
-                 "</pre>", "<a href='javascript:x'>", "<a href=http://x>", "</a>", "<img alt=x>",
-                 "<span style='display:none'>", "</span>", "&nbsp;", "&#8203;", "<!--", "-->",
-                 "<script>", "</script>", "<blockquote>", "\n", " ", "東京", "<div>", "</div>"]
+                [
+                    "<p>",
+                    "</p>",
+                    "<br>",
+                    "<td>",
+                    "<tr>",
+                    "<table>",
+                    "</table>",
+                    "<li>",
+                    "<ul>",
+                    "<pre>",
+                    "</pre>",
+                    "<a href='javascript:x'>",
+                    "<a href=http://x>",
+                    "</a>",
+                    "<img alt=x>",
+                    "<span style='display:none'>",
+                    "</span>",
+                    "&nbsp;",
+                    "&#8203;",
+                    "<!--",
+                    "-->",
+                    "<script>",
+                    "</script>",
+                    "<blockquote>",
+                    "\n",
+                    " ",
+                    "東京",
+                    "<div>",
+                    "</div>",
+                ]
             ),
         ),
         max_size=40,

@@ -161,6 +161,10 @@ def test_paragraphs_lines_tabs_and_specials() -> None:
     assert text(data) == "a\nb\nc\td\n\ne \u2014\u2013\u2022\u2018\u2019\u201c\u201dx yz-w\n\nf\ng\n"
 
 
+def test_line_separators_in_text_are_line_breaks() -> None:
+    assert text(b"{\\rtf1 a\\u8232?b\\u8233?c\x0cd\\'0d\\'0ae}") == "a\nb\nc\nd\ne\n"
+
+
 def test_table_cells() -> None:
     data = (
         b"{\\rtf1\\ansi\\trowd\\cellx1000\\cellx2000\\cellx3000"
@@ -232,9 +236,19 @@ def test_crafted_hyperlink_fields_are_fast() -> None:
 @pytest.mark.parametrize(
     "garbage",
     [
-        b"", b"\\", b"\\'", b"\\'zz", b"{", b"}", b"{\\rtf1 \\u", b"{\\rtf1 \\u99999999999 x}",
-        b"{\\rtf1 \\bin-5 x}", b"{\\rtf1\\ansicpg99999 \\'82}", b"\x00\xff\xfe",
-        b"{\\rtf1{\\fonttbl{\\f0\\cpg4242;}}\\f0 \\'82}", b"{\\rtf1 \\uc999999999 \\u1 abc}",
+        b"",
+        b"\\",
+        b"\\'",
+        b"\\'zz",
+        b"{",
+        b"}",
+        b"{\\rtf1 \\u",
+        b"{\\rtf1 \\u99999999999 x}",
+        b"{\\rtf1 \\bin-5 x}",
+        b"{\\rtf1\\ansicpg99999 \\'82}",
+        b"\x00\xff\xfe",
+        b"{\\rtf1{\\fonttbl{\\f0\\cpg4242;}}\\f0 \\'82}",
+        b"{\\rtf1 \\uc999999999 \\u1 abc}",
     ],
 )
 def test_garbage_never_raises(garbage: bytes) -> None:
@@ -243,10 +257,35 @@ def test_garbage_never_raises(garbage: bytes) -> None:
 
 _TOKENS = st.sampled_from(
     [
-        b"{", b"}", b"\\par ", b"\\'82", b"\\'a0", b"\\'5c", b"\\u-10179?", b"\\u12354?", b"\\uc0 ",
-        b"\\uc2 ", b"\\*", b"\\pict ", b"\\object ", b"\\bin3 ", b"\\v ", b"\\v0 ", b"\\cell ",
-        b"\\row ", b"\\f0 ", b"\\f1 ", b"\\field", b"\\fldinst HYPERLINK \"javascript:x\"",
-        b"\\fldrslt ", b"\\ansicpg932 ", b"\\fonttbl", b"\\fcharset128 ", b"text", b"\r\n", b"\\\\",
+        b"{",
+        b"}",
+        b"\\par ",
+        b"\\'82",
+        b"\\'a0",
+        b"\\'5c",
+        b"\\u-10179?",
+        b"\\u12354?",
+        b"\\uc0 ",
+        b"\\uc2 ",
+        b"\\*",
+        b"\\pict ",
+        b"\\object ",
+        b"\\bin3 ",
+        b"\\v ",
+        b"\\v0 ",
+        b"\\cell ",
+        b"\\row ",
+        b"\\f0 ",
+        b"\\f1 ",
+        b"\\field",
+        b'\\fldinst HYPERLINK "javascript:x"',
+        b"\\fldrslt ",
+        b"\\ansicpg932 ",
+        b"\\fonttbl",
+        b"\\fcharset128 ",
+        b"text",
+        b"\r\n",
+        b"\\\\",
     ]
 )
 
