@@ -27,12 +27,14 @@ import magic
 
 from detox.config.schema import DetoxConfig, OnError
 from detox.envelope import Envelope
-from detox.errors import FilterTimeout, PipelineTempFail
+from detox.errors import FilterTimeout, PipelineTempFail, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.notice import render_notice
 from detox.pipeline.compose import Attachment, Forwarded, compose_message, serialize
 from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
 from detox.pipeline.registry import build_pipeline
+from detox.sandbox import make_sandbox
+from detox.sandbox.base import Sandbox
 from detox.text.headers import decode_filename, decode_header_value
 from detox.text.urls import defang_urls
 from detox.untrusted import for_log
@@ -126,6 +128,13 @@ class Pipeline:
     def __init__(self, config: DetoxConfig, filters: Sequence[Filter] | None = None) -> None:
         self.config = config
         self.filters = tuple(filters) if filters is not None else build_pipeline(config)
+        self.sandbox: Sandbox | None
+        try:
+            self.sandbox = make_sandbox(config)
+        except SandboxError as exc:
+            # Fail closed: without a sandbox every converter raises and its part is held.
+            log.error("no sandbox for converters (%s); attachments needing one will be held", exc)
+            self.sandbox = None
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
         # Reading uses compat32: policy=default parses structured headers eagerly and raises
@@ -140,6 +149,7 @@ class Pipeline:
             config=self.config,
             defang_urls=self.config.urls.defang
             and sender_domain not in self.config.urls.exempt_sender_domains,
+            sandbox=self.sandbox,
         )
         walk = _Walk(self, ctx)
         collected = walk.message_contents(msg, prefix="", depth=0)

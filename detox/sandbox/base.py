@@ -1,8 +1,9 @@
 """The sandbox contract: run one converter on untrusted bytes in a separate, limited process.
 
 A converter is a module under :mod:`detox.converters` with ``main(data: bytes, args: dict) -> bytes``.
-The provider starts ``python -I -m detox.sandbox.child MODULE ARGS_JSON`` (inside bubblewrap in
-production), feeds the input on stdin and reads the output from stdout. A converter that raises
+The provider starts ``python -I -B -m detox.sandbox.child MODULE`` (inside bubblewrap in
+production), feeds the arguments (length-prefixed JSON) and then the input on stdin, and reads the
+output from stdout. A converter that raises
 exits non-zero; a converter that runs past its time is killed with its whole process group. Either
 way the caller gets a :class:`~detox.errors.SandboxError` and the runner holds the part.
 """
@@ -32,6 +33,8 @@ class Sandbox(ABC):
     """Runs converters out of process. Implementations: bubblewrap (production), subprocess (dev)."""
 
     name: str
+    # The configured limits (sandbox.memory_mb / cpu_s); a filter's own Limits are capped by them.
+    default_limits: Limits = Limits()
 
     @abstractmethod
     def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
