@@ -299,14 +299,17 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime+stime of every live process in the tree, plus what reaped children left in cutime/cstime."""
-    ticks = 0
+def tree_cpu_seconds(root: int, main: int | None = None) -> tuple[float, float]:
+    """(whole tree, ``main`` alone): utime+stime of every live process in the tree, plus what reaped
+    children left in cutime/cstime. ``main`` (the server itself, all its threads) excludes its children."""
+    ticks = own = 0
     for pid in process_tree(root):
         f = _stat(pid)
         if f is not None:  # fields[11..14] = utime stime cutime cstime (stat fields 14-17)
             ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return ticks / CLK_TCK
+            if pid == main:
+                own = int(f[11]) + int(f[12])
+    return ticks / CLK_TCK, own / CLK_TCK
 
 
 def tree_memory(root: int) -> tuple[float, float]:
@@ -425,13 +428,14 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def popen(self, name: str, cmd: list[str], log: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
-        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
-        try:
-            # own session: a Ctrl-C in the terminal reaches only this script, which then stops the rest
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
-        finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+        # own session: a Ctrl-C in the terminal reaches only this script, which then stops the rest
+        if log is None:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, **kw)
+        else:
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, **kw)
         self.started.append((name, proc))
         return proc
 
@@ -469,6 +473,7 @@ class Run:
     n: int
     seconds: float  # client start -> client end
     cpu_s: float  # server tree, over the whole window (until drained for detox)
+    cpu_main_s: float  # the server process alone (detox: SMTP in, spool, hand-off, delivery; no workers)
     rss_mb: float
     pss_mb: float
     delivered_seconds: float | None = None  # detox: client start -> spool empty
@@ -497,7 +502,8 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.runs: list[Run] = []
         self.seq = 0
-        self.audit_offset = 0
+        self.audit_offset: dict[str, int] = {}
+        self.jp_sizes: list[int] = []
 
     # -- servers --------------------------------------------------------------------------------
 
@@ -539,10 +545,10 @@ class Bench:
         self.servers["relay"] = Server("relay", proc, log, port)
         self.sampler.watch("relay", proc.pid)
 
-    def start_detox(self, sink_port: int) -> None:
+    def start_detox(self, name: str, sink_port: int, *, fsync: bool) -> None:
         port = free_port()
-        state = self.workdir / "detox-state"
-        config = self.workdir / "detox.toml"
+        state = self.workdir / f"{name}-state"
+        config = self.workdir / f"{name}.toml"
         config.write_text(
             "# written by bench/throughput.py; everything else is the shipped default\n"
             "[server]\n"
@@ -553,17 +559,17 @@ class Bench:
             'starttls = "off"\n'
             "[storage]\n"
             f'state_dir = "{state}"\n'
-            f"fsync = {'false' if self.args.no_fsync else 'true'}\n"
+            f"fsync = {'true' if fsync else 'false'}\n"
             + (f"[pipeline]\nworkers = {self.args.workers}\n" if self.args.workers is not None else ""),
             encoding="utf-8",
         )
-        log = self.workdir / "detox.log"
+        log = self.workdir / f"{name}.log"
         cmd = [str(self.args.detox), "serve", "--config", str(config), "--listen", f"{HOST}:{port}",
                "--deliver-to", f"smtp://{HOST}:{sink_port}"]
-        proc = self.procs.popen("detox", self.wrap(cmd), log, cwd=str(self.workdir))
+        proc = self.procs.popen(name, self.wrap(cmd), log, cwd=str(self.workdir))
         wait_port(port, proc, 60, "detox serve", log)
-        self.servers["detox"] = Server("detox", proc, log, port, spool=state / "spool")
-        self.sampler.watch("detox", proc.pid)
+        self.servers[name] = Server(name, proc, log, port, spool=state / "spool")
+        self.sampler.watch(name, proc.pid)
 
     def stop_servers(self) -> None:
         for server in reversed(list(self.servers.values())):
@@ -597,11 +603,11 @@ class Bench:
         counts: dict[str, int] = {}
         try:
             with open(path, "rb") as fh:
-                fh.seek(self.audit_offset)
+                fh.seek(self.audit_offset.get(server.name, 0))
                 data = fh.read()
         except OSError:
             return counts
-        self.audit_offset += len(data)
+        self.audit_offset[server.name] = self.audit_offset.get(server.name, 0) + len(data)
         for line in data.splitlines():
             with contextlib.suppress(ValueError):
                 event = json.loads(line).get("event", "?")
@@ -639,6 +645,7 @@ class Bench:
             result = json.loads(text.splitlines()[-1])
         except (ValueError, IndexError):
             raise RuntimeError(f"jp client failed (rc={rc}): {text[-1000:]}") from None
+        self.jp_sizes = result.get("sizes", [])
         errors = ""
         if rc != 0 or result["errors"]:
             errors = f"rc={rc} sent={result['sent']} {result['errors']}"
@@ -649,12 +656,13 @@ class Bench:
         run_load = self.load_smtp_source if load == "smtp-source" else self.load_jp
         sink0 = self.sink_count()
         self.sampler.reset(config)
-        cpu0 = tree_cpu_seconds(server.pid)
+        main = server.main_pid()
+        cpu0, own0 = tree_cpu_seconds(server.pid, main)
         start, end, errors, client_cpu = run_load(server.port, n)
         delivered_end = self.wait_drained(server) if server.spool is not None else None
-        cpu1 = tree_cpu_seconds(server.pid)
+        cpu1, own1 = tree_cpu_seconds(server.pid, main)
         rss, pss = self.sampler.peak(config)
-        run = Run(load, config, rnd, n, end - start, cpu1 - cpu0, rss, pss,
+        run = Run(load, config, rnd, n, end - start, cpu1 - cpu0, own1 - own0, rss, pss,
                   delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
                   sink_received=self.sink_count() - sink0, client_errors=errors, client_cpu_s=client_cpu)
         if server.spool is not None:
@@ -662,7 +670,8 @@ class Bench:
         self.runs.append(run)
         label = "warm-up" if rnd == 0 else f"round {rnd}"
         extra = f", delivered {run.delivered_rate:7.1f} msg/s" if run.delivered_seconds is not None else ""
-        print(f"  {label:8} {load:11} {config:6} {n:5} msgs: accepted {run.accepted_rate:7.1f} msg/s{extra}, "
+        print(f"  {label:8} {load:11} {config:13} {n:5} msgs: "
+              f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
               f"CPU {1000 * run.cpu_s / n:5.2f} ms/msg, sink +{run.sink_received}"
               + (f"  ERRORS: {errors}" if errors else ""), flush=True)
         time.sleep(self.args.settle)
@@ -678,16 +687,32 @@ def _med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+TITLES = {
+    "relay": "relay (uvloop, aiosmtplib pool)",
+    "detox": "detox",
+    "detox-nofsync": "detox, storage.fsync=false",
+}
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return out
+
+
 def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace) -> str:
     out: list[str] = []
     rounds = args.rounds
-    head = ["config"] + [f"r{i} msg/s" for i in range(1, rounds + 1)] + [
-        "median msg/s", "CPU ms/msg", "peak RSS MB", "peak PSS MB", "sink rcvd", "errors"]
+    head = ["config", *(f"r{i} msg/s" for i in range(1, rounds + 1)), "median msg/s",
+            "CPU ms/msg (min-max)", "main proc", "peak RSS MB", "peak PSS MB", "sink rcvd", "errors"]
     for load in loads:
         runs = [r for r in bench.runs if r.load == load and r.round > 0]
         desc = ("smtp-source -s {s} -l {l} -m {n} (ASCII, no MIME)" if load == "smtp-source"
-                else "jp-html: aiosmtplib, {s} sessions, ~{l} B ISO-2022-JP/UTF-8 multipart/alternative HTML")
-        out.append(f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages)}; "
+                else "jp-html: aiosmtplib, {s} sessions, {z} B ISO-2022-JP/UTF-8 multipart/alternative HTML")
+        sizes = "/".join(str(z) for z in bench.jp_sizes) or f"~{args.size}"
+        out.append(f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages, z=sizes)}; "
                    f"{args.messages} msgs x {rounds} rounds, 1 msg per connection\n")
         rows: list[list[str]] = []
         medians: dict[str, float] = {}
@@ -697,44 +722,55 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             mine = sorted((r for r in runs if r.config == config), key=lambda r: r.round)
             if not mine:
                 continue
-            views = [("relay (uvloop, aiosmtplib pool)", "accepted")]
-            if config == "detox":
-                views = [("detox, delivered (spool empty)", "delivered"),
-                         ("detox, accepted (250 after spool)", "accepted")]
-            for title, kind in views:
+            kinds = ["accepted"] if config == "relay" else ["delivered", "accepted"]
+            cpu = [1000 * r.cpu_s / r.n for r in mine]
+            cpu_main = [1000 * r.cpu_main_s / r.n for r in mine]
+            for kind in kinds:
                 rates = [r.delivered_rate if kind == "delivered" else r.accepted_rate for r in mine]
                 key = f"{config}:{kind}"
                 medians[key] = _med(rates)
                 per_round[key] = rates
-                cpu = [1000 * r.cpu_s / r.n for r in mine]
                 cpu_med[key] = _med(cpu)
-                show_cpu = kind == "delivered" or config == "relay"
+                title = TITLES.get(config, config)
+                if config != "relay":
+                    title += {"delivered": ", delivered (spool empty)",
+                              "accepted": ", accepted (250 after spool)"}[kind]
+                first = kind == kinds[0]  # CPU, memory, sink: once per config (same window)
+                shown = [f"{x:.1f}" for x in rates] + ["—"] * (rounds - len(rates))  # interrupted run
                 rows.append([
-                    title, *[f"{x:.1f}" for x in rates], f"{medians[key]:.1f}",
-                    (f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if show_cpu else "—"),
-                    f"{max(r.rss_mb for r in mine):.0f}", f"{max(r.pss_mb for r in mine):.0f}",
-                    "+".join(str(r.sink_received) for r in mine) if show_cpu else "—",
-                    str(sum(1 for r in mine if r.client_errors)),
+                    title, *shown, f"{medians[key]:.1f}",
+                    f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if first else "″",
+                    f"{_med(cpu_main):.2f}" if first else "″",
+                    f"{max(r.rss_mb for r in mine):.0f}" if first else "″",
+                    f"{max(r.pss_mb for r in mine):.0f}" if first else "″",
+                    "+".join(str(r.sink_received) for r in mine) if first else "″",
+                    str(sum(1 for r in mine if r.client_errors)) if first else "″",
                 ])
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        out.append("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
-        out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        for r in rows:
-            out.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if "relay:accepted" in medians:
-            base = medians["relay:accepted"]
+        if not rows:
+            out.append("(no measured round)")
+            continue
+        out += _table(head, rows)
+        out.append("")
+        base_rates = per_round.get("relay:accepted")
+        for config in configs:
+            if config == "relay":
+                continue
+            if not base_rates:
+                out.append("ratio detox/relay: n/a (no relay baseline in this run)")
+                break
             for kind in ("delivered", "accepted"):
-                key = f"detox:{kind}"
+                key = f"{config}:{kind}"
                 if key not in medians:
                     continue
-                pairs = zip(per_round[key], per_round["relay:accepted"], strict=True)
+                pairs = zip(per_round[key], base_rates, strict=False)
                 paired = [d / b for d, b in pairs if b]
-                out.append(f"\nratio detox/relay, {kind:9}: msg/s {medians[key] / base:.2f} (medians); "
-                           f"per round {', '.join(f'{p:.2f}' for p in paired)} -> median {_med(paired):.2f}")
-            cpu_ratio = cpu_med["detox:delivered"] / cpu_med["relay:accepted"]
-            out.append(f"ratio detox/relay, CPU ms/msg (delivered, medians): {cpu_ratio:.2f}")
-        else:
-            out.append("\nratio detox/relay: n/a (no relay baseline in this run)")
+                ratio = medians[key] / medians["relay:accepted"]
+                out.append(f"ratio {config}/relay msg/s, {kind:9}: {ratio:.2f}"
+                           f" (of the medians); paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                           f" -> median {_med(paired):.2f}")
+            if f"{config}:delivered" in cpu_med:
+                cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["relay:accepted"]
+                out.append(f"ratio {config}/relay CPU ms/msg (medians): {cpu_ratio:.1f}")
         client = [1000 * r.client_cpu_s / r.n for r in runs if r.client_cpu_s is not None]
         if client:
             out.append(f"load generator CPU (jp client, median): {_med(client):.2f} ms/msg")
@@ -744,13 +780,32 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             expected = ("received", "detoxified", "delivered")
             unexpected = {k: v for k, v in r.audit.items() if k not in expected}
             if unexpected:
-                out.append(f"detox audit, round {r.round}: {r.audit}")
+                out.append(f"{r.config} audit, round {r.round}: {r.audit}")
     return "\n".join(out)
 
 
 # ================================================================================================
 # Main
 # ================================================================================================
+
+
+def print_report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace,
+                 relay: Path | None, workdir: Path, took: float) -> None:
+    print(f"\n## detox vs bare relay — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
+    print(f"command: {sys.executable} {' '.join(sys.argv)}")
+    print(f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
+          f"workers={args.workers or 'default (one per CPU)'}"
+          + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else ""))
+    print(report(bench, loads, configs, args))
+    log = workdir / "relay.log"
+    if relay and log.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+        if tail:
+            print(f"relay's own summary (whole run, incl. warm-up): {tail[0]}")
+    print("\nmsg/s: N / (client start -> client end), or -> detox spool empty for 'delivered'. "
+          "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
+          "RSS/PSS: peak of the tree, sampled every 0.25 s. "
+          "Noisy 2-vCPU VM: compare only within this run.")
 
 
 def locate_relay(args: argparse.Namespace) -> Path | None:
@@ -760,17 +815,21 @@ def locate_relay(args: argparse.Namespace) -> Path | None:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    # Only once: timeout(1) --foreground forwards the terminal's Ctrl-C, so it may come twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def bench_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     loads = [x for x in ("smtp-source", "jp-html") if x not in args.skip]
     relay = None if args.no_relay else locate_relay(args)
     if relay is None and not args.no_relay:
         print("NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
               "skipping the baseline, detox's figures only.", flush=True)
-    configs = (["relay"] if relay else []) + ["detox"]
+    configs = (["relay"] if relay else []) + ["detox"] + (["detox-nofsync"] if args.also_no_fsync else [])
     workdir = Path(tempfile.mkdtemp(prefix="detox-bench-", dir=args.tmpdir))
     procs = Processes(workdir)
     bench = Bench(args, procs, workdir)
@@ -783,7 +842,9 @@ def bench_main(args: argparse.Namespace) -> int:
         sink_port = bench.start_sink()
         if relay:
             bench.start_relay(relay, sink_port)
-        bench.start_detox(sink_port)
+        for name in configs:
+            if name.startswith("detox"):
+                bench.start_detox(name, sink_port, fsync=name == "detox")
         print("  " + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
               + f", smtp-sink on :{sink_port}", flush=True)
         for load in loads:
@@ -800,31 +861,23 @@ def bench_main(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
     finally:
+        # a second Ctrl-C must not leave servers behind: ignore signals while stopping them
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.stop_servers()
         procs.stop_all()
         bench.sampler.halt.set()
-    relay_tail = []
-    if relay and (workdir / "relay.log").exists():
-        relay_tail = (workdir / "relay.log").read_text(errors="replace").strip().splitlines()[-1:]
-    if bench.runs:
-        took = time.monotonic() - t_begin
-        print(f"\n## detox vs bare relay — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
-        print(f"command: {' '.join(sys.argv)}")
-        print(f"detox fsync={'off' if args.no_fsync else 'on'}, workers={args.workers or 'default'}; "
-              f"state_dir {workdir / 'detox-state'}")
-        print(report(bench, loads, configs, args))
-        if relay_tail:
-            print(f"relay's own summary (whole run, incl. warm-up): {relay_tail[0]}")
-        print("\nmsg/s: N / (client start -> client end), or -> detox spool empty for 'delivered'. "
-              "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
-              "RSS/PSS: peak of the tree, sampled every 0.25 s. "
-              "Noisy 2-vCPU VM: compare only within this run.")
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in bench.runs], indent=1), encoding="utf-8")
-    if args.keep:
-        print(f"kept {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        if bench.runs:
+            print_report(bench, loads, configs, args, relay, workdir, time.monotonic() - t_begin)
+        if args.json:
+            runs = [r.__dict__ for r in bench.runs]
+            Path(args.json).write_text(json.dumps(runs, indent=1), encoding="utf-8")
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 
 
@@ -841,7 +894,8 @@ def main() -> int:
     ap.add_argument("--no-relay", action="store_true", help="measure detox only")
     ap.add_argument("--detox", default=str(REPO / ".venv" / "bin" / "detox"), help="the detox executable")
     ap.add_argument("--workers", type=int, help="pipeline.workers for detox (default: the shipped default)")
-    ap.add_argument("--no-fsync", action="store_true", help="storage.fsync = false (never in production)")
+    ap.add_argument("--also-no-fsync", action="store_true",
+                    help="also measure a second detox with storage.fsync = false (never in production)")
     ap.add_argument("--tmpdir", help="where the temporary state_dir goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state_dir)")
     ap.add_argument("--json", help="also write every run as JSON to this file")

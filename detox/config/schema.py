@@ -88,7 +88,7 @@ class FilterSettings(Strict):
 
 
 class PipelineConfig(Strict):
-    order: tuple[str, ...] = ("html", "plain", "rtf", "text-attachment", "signature")
+    order: tuple[str, ...] = ("html", "plain", "rtf", "enriched", "text-attachment", "signature")
     unhandled: Literal["hold", "drop"] = "hold"
     workers: int = Field(default=0, ge=0)  # 0 = one per CPU core
 

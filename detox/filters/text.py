@@ -5,19 +5,22 @@ Every output is freshly decoded text: the bytes the sender wrote never reach LGW
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
-from detox.text.charset import decode_body
+from detox.text.charset import Decoded, decode_body
+from detox.text.enriched import enriched_to_text, richtext_to_text
 from detox.text.html import html_to_text
 from detox.text.rtf import rtf_to_text
 from detox.text.urls import defang_urls
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-RTF_TYPES = frozenset({"text/rtf", "application/rtf", "text/richtext"})
+RTF_TYPES = frozenset({"text/rtf", "application/rtf"})
+ENRICHED_TYPES = frozenset({"text/enriched", "text/richtext"})
 TEXT_ATTACHMENT_TYPES = frozenset(
     {
         "text/plain",
@@ -30,8 +33,33 @@ TEXT_ATTACHMENT_TYPES = frozenset(
         "text/rfc822-headers",
     }
 )
-# What libmagic says for content that really is text (or empty).
-_TEXTUAL_DETECTIONS = ("text/", "application/csv", "inode/x-empty", "application/x-empty")
+# Signatures of binary containers that are never text, whatever charset guessing says.
+_BINARY_MAGIC = (
+    b"MZ",
+    b"\x7fELF",
+    b"PK\x03\x04",
+    b"%PDF-",
+    b"\xd0\xcf\x11\xe0",
+    b"\x89PNG",
+    b"GIF8",
+    b"\xff\xd8\xff",
+    b"Rar!",
+    b"7z\xbc\xaf",
+    b"\x1f\x8b",
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def _looks_textual(part: Part, decoded: Decoded) -> bool:
+    """Text, not a binary file: no NULs (UTF-16/32 aside), no container signature, hardly any
+    control characters. libmagic is not asked: it calls CP932 text a "DOS executable (COM)".
+    """
+    payload, text = part.payload, decoded.text
+    wide = decoded.charset.replace("_", "-").startswith(("utf-16", "utf-32"))
+    if (b"\x00" in payload and not wide) or payload.startswith(_BINARY_MAGIC):
+        return False
+    sample = text[:65536]
+    return len(_CONTROL.findall(sample)) <= len(sample) // 50
 
 
 def _text_name(untrusted_filename: str | None, suffix: str) -> str:
@@ -49,7 +77,26 @@ class PlainFilter(Filter):
 
     def process(self, part: Part, ctx: FilterContext) -> Verdict:
         decoded = decode_body(part.payload, part.charset_label)
+        if not _looks_textual(part, decoded):
+            # e.g. an Outlook .msg pasted in as the body: a binary file is not text to show.
+            return Verdict(Action.HOLD, reason="not-text")
         return Verdict(Action.TEXT, text=decoded.text, charset=decoded.charset)
+
+
+class EnrichedFilter(Filter):
+    """text/enriched and text/richtext bodies: formatting commands dropped, the text kept."""
+
+    name: ClassVar[str] = "enriched"
+
+    def applies_to(self, part: Part) -> bool:
+        return part.role is Role.BODY and part.declared_type in ENRICHED_TYPES
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        decoded = decode_body(part.payload, part.charset_label)
+        convert = richtext_to_text if part.declared_type == "text/richtext" else enriched_to_text
+        return Verdict(
+            Action.TEXT, text=convert(decoded.text), notes=("enriched-converted",), charset=decoded.charset
+        )
 
 
 class HtmlFilter(Filter):
@@ -122,9 +169,9 @@ class TextAttachmentFilter(Filter):
         assert isinstance(self.options, TextAttachmentOptions)
         if part.size > self.options.max_bytes:
             return Verdict(Action.HOLD, reason="limit-exceeded")
-        if b"\x00" in part.payload or not part.detected_type.startswith(_TEXTUAL_DETECTIONS):
-            return Verdict(Action.HOLD, reason="not-text")
         decoded = decode_body(part.payload, part.charset_label)
+        if not _looks_textual(part, decoded):
+            return Verdict(Action.HOLD, reason="not-text")
         data = decoded.text.encode("utf-8")
         is_csv = part.declared_type in ("text/csv", "text/comma-separated-values")
         ctype = "text/csv" if is_csv else "text/plain"

@@ -8,11 +8,13 @@ outputs they returned.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import email
 import email.policy
 import hashlib
 import logging
+import quopri
 import re
 import signal
 import threading
@@ -20,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
+from email.policy import Compat32
 from types import FrameType
 from typing import Any, cast
 
@@ -36,12 +39,15 @@ from detox.pipeline.registry import build_pipeline
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Sandbox
 from detox.text.headers import decode_filename, decode_header_value
+from detox.text.html import strip_invisible
 from detox.text.urls import defang_urls
 from detox.untrusted import for_log
 
 log = logging.getLogger(__name__)
 
-BODY_TYPES = frozenset({"text/plain", "text/html", "text/rtf", "application/rtf", "text/richtext"})
+BODY_TYPES = frozenset(
+    {"text/plain", "text/html", "text/rtf", "application/rtf", "text/richtext", "text/enriched"}
+)
 # message/* types that are reports made of text; handled as text attachments.
 TEXTUAL_MESSAGE_TYPES = frozenset(
     {"message/delivery-status", "message/disposition-notification", "message/global-delivery-status"}
@@ -52,6 +58,29 @@ _URL = re.compile(r"\S+://\S+")
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class _ReadPolicy(Compat32):
+    """compat32 that unfolds header values (RFC 5322 §2.2.3) when they are read.
+
+    Reading uses compat32 because policy=default parses structured headers eagerly and raises
+    UnicodeDecodeError on RFC 2231 names in ISO-2022-JP with Microsoft characters (as Outlook
+    writes them), which would make a whole mail unreadable; headers and names are decoded by
+    detox.text.headers, and the output is written with policy=default. Plain compat32 keeps the
+    folding, so a boundary folded onto two lines would never match and a whole body would be lost.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        fetched = super().header_fetch_parse(name, value)
+        return _FOLD.sub("", fetched) if isinstance(fetched, str) else fetched
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+READ_POLICY = _ReadPolicy()
+
+
+def parse_message(raw: bytes) -> Message:
+    return email.message_from_bytes(raw, policy=READ_POLICY)
 
 
 _magic: magic.Magic | None = None
@@ -137,11 +166,7 @@ class Pipeline:
             self.sandbox = None
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
-        # Reading uses compat32: policy=default parses structured headers eagerly and raises
-        # UnicodeDecodeError on RFC 2231 names in ISO-2022-JP with Microsoft characters (as
-        # Outlook writes them), which would make a whole mail unreadable. Headers and names are
-        # decoded by detox.text.headers; the output is written with policy=default.
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        msg = parse_message(raw)
         sender_domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
         ctx = FilterContext(
             queue_id=envelope.queue_id,
@@ -233,7 +258,7 @@ def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -
     lines = []
     if notes["html-converted"]:
         lines.append(config.notice.converted_html)
-    if notes["rtf-converted"]:
+    if notes["rtf-converted"] or notes["enriched-converted"]:
         lines.append(config.notice.converted_rtf)
     if defanged:
         lines.append(config.notice.urls_defanged.replace("$count", str(defanged)))
@@ -255,7 +280,9 @@ class _Walk:
         """Everything inside one (possibly forwarded) message, numbered under ``prefix``."""
         out = _Collected()
         # The top of a message is its part "1" (single part) or its children "1", "2", ...
-        if msg.is_multipart():
+        if msg.get_content_type() == "message/rfc822":  # a mail that is only an encapsulated mail
+            self._visit_forwarded(msg, _join(prefix, "1"), depth + 1, out)
+        elif msg.is_multipart():
             self._visit_multipart(msg, prefix, depth, out)
         else:
             self._visit(msg, _join(prefix, "1"), depth, out)
@@ -330,9 +357,8 @@ class _Walk:
                         rec.action = Action.DROP
                         rec.reason = "alternative-unused"
                         rec.output_sha256 = None
-                option.notes = Counter(
-                    {k: v for k, v in option.notes.items() if k not in ("html-converted", "rtf-converted")}
-                )
+                converted = ("html-converted", "rtf-converted", "enriched-converted")
+                option.notes = Counter({k: v for k, v in option.notes.items() if k not in converted})
             out.merge(option, with_text=option is chosen)
 
     def _visit_forwarded(self, node: Message, path: str, depth: int, out: _Collected) -> None:
@@ -341,6 +367,11 @@ class _Walk:
         if not isinstance(inner, Message):
             self._visit_leaf(node, path, depth, out, force_type="text/plain")
             return
+        cte = str(node.get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte in ("base64", "quoted-printable"):
+            # RFC 2046 forbids it, but senders do encode message/rfc822; the parser does not decode
+            # it, so the inner mail would arrive as one blob of base64 text.
+            inner = _decode_encapsulated(inner, cte)
         contents = self.message_contents(inner, path, depth)
         body = "\n\n".join(t.strip("\n") for t in contents.texts if t.strip())
         if self.ctx.defang_urls:
@@ -461,8 +492,13 @@ class _Walk:
         )
         if verdict.action is Action.TEXT:
             assert verdict.text is not None
-            out.texts.append(verdict.text)
-            record.output_sha256 = sha256(verdict.text.encode("utf-8"))
+            # Control and invisible (zero-width, bidi) characters never reach the reader.
+            text, invisible, control = strip_invisible(verdict.text)
+            if invisible + control:
+                record.removed["invisible"] = record.removed.get("invisible", 0) + invisible
+                record.removed["control"] = record.removed.get("control", 0) + control
+            out.texts.append(text)
+            record.output_sha256 = sha256(text.encode("utf-8"))
         elif verdict.action is Action.REPLACE:
             assert verdict.output is not None
             out.attachments.append(Attachment(verdict.output, part.part_id))
@@ -503,6 +539,21 @@ class _Walk:
         )
 
 
+def _decode_encapsulated(inner: Message, cte: str) -> Message:
+    """Re-parse a transfer-encoded message/rfc822 payload from its decoded bytes."""
+    encoded = inner.as_bytes(policy=READ_POLICY)
+    decoded = _b64decode_lenient(encoded) if cte == "base64" else quopri.decodestring(encoded)
+    return parse_message(decoded)
+
+
+def _b64decode_lenient(data: bytes) -> bytes:
+    """Base64 as mail software writes it: stray characters, missing or early padding tolerated."""
+    text = re.sub(rb"[^A-Za-z0-9+/=]", b"", data).split(b"=", 1)[0]
+    if len(text) % 4 == 1:  # a lone trailing character carries no whole byte
+        text = text[:-1]
+    return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+
+
 def _disposition(node: Message) -> str:
     """inline / attachment / "" from the raw header: the stdlib's parsed header raises on some
     RFC 2231 parameters (an ISO-2022-JP file name with Microsoft characters, for one)."""
@@ -528,7 +579,7 @@ def _join(prefix: str, index: str) -> str:
 
 
 def _is_plain(collected: _Collected) -> bool:
-    return not (collected.notes["html-converted"] or collected.notes["rtf-converted"])
+    return not any(collected.notes[n] for n in ("html-converted", "rtf-converted", "enriched-converted"))
 
 
 def _check_verdict(flt: Filter, part: Part, verdict: Verdict) -> None:

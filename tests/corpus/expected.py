@@ -21,6 +21,9 @@ other script, after NFKC. See :func:`tokens`.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import functools
 import json
 import re
 import unicodedata
@@ -31,6 +34,7 @@ from email.message import Message
 from email.parser import HeaderParser
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 # -- tokens -------------------------------------------------------------------------------------
 
@@ -139,20 +143,94 @@ def html_tokens(markup: str) -> list[str]:
     return [t for chunk in html_chunks(markup) for t in tokens(chunk)]
 
 
-# -- stalwart ----------------------------------------------------------------------------------
+# -- the expectation model -----------------------------------------------------------------------
+
+BODY = "body"  # must survive into the output's main text body
+ANYWHERE = "anywhere"  # may be in any output text part (text attachments, forwarded messages)
 
 
 @dataclass(frozen=True)
-class ExpectedBody:
-    """One reader-visible body of a message, as an alternative set: ``text`` and/or ``html``.
+class Alternative:
+    label: str
+    tokens: tuple[str, ...]
 
-    detox keeps one alternative of a multipart/alternative (the plain one if it carries the HTML's
-    content, else the HTML converted), so a body passes when *either* alternative's tokens survive.
+
+@dataclass(frozen=True)
+class Slot:
+    """One place where a reader sees text: a single part, or the members of a multipart/alternative.
+
+    detox renders one member of an alternative (the plain one if it carries the rich one's content,
+    else the rich one converted; the last one when all are plain), so a slot is satisfied by the
+    member that survived best.
     """
 
-    source: str  # which oracle file
-    text_tokens: tuple[str, ...]
-    html_tokens: tuple[str, ...]
+    label: str
+    where: str  # BODY or ANYWHERE
+    alternatives: tuple[Alternative, ...]
+
+
+@dataclass(frozen=True)
+class Expected:
+    source: str  # the oracle file(s), relative to the corpus
+    slots: tuple[Slot, ...]
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(a.tokens) for s in self.slots for a in s.alternatives)
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    slot: Slot
+    chosen: Alternative | None  # None: the slot is satisfied by a member without tokens
+    survival: Survival
+
+
+def evaluate(expected: Expected, body: str, everything: str) -> tuple[Survival, list[SlotResult]]:
+    """Aggregate survival over all slots; ``body`` is the main text, ``everything`` all output text.
+
+    Per slot, the member with the best fraction counts. A member without tokens (an empty or
+    token-less alternative) satisfies the slot only when no member with tokens had any of them
+    found, i.e. when detox evidently rendered that empty member.
+    """
+    results: list[SlotResult] = []
+    for slot in expected.slots:
+        haystack = body if slot.where == BODY else everything
+        scored = [(alt, survival(alt.tokens, haystack)) for alt in slot.alternatives if alt.tokens]
+        has_empty = any(not alt.tokens for alt in slot.alternatives)
+        if not scored:
+            results.append(SlotResult(slot, None, Survival((), ())))
+            continue
+        alt, best = max(scored, key=lambda item: item[1].fraction)
+        if has_empty and best.total == len(best.missing):
+            results.append(SlotResult(slot, None, Survival((), ())))
+        else:
+            results.append(SlotResult(slot, alt, best))
+    total = tuple(t for r in results for t in r.survival.expected)
+    missing = tuple(t for r in results for t in r.survival.missing)
+    return Survival(total, missing), results
+
+
+def _group(members: list[tuple[str | None, str, str, Alternative]]) -> tuple[Slot, ...]:
+    """(alternative-group key or None, member key, where, alternative) → slots, in order."""
+    slots: dict[str, tuple[str, dict[str, list[Alternative]]]] = {}
+    for group, member, where, alt in members:
+        key = group if group is not None else f"part:{member}"
+        where_now, by_member = slots.setdefault(key, (where, {}))
+        if where == BODY and where_now != BODY:
+            slots[key] = (BODY, by_member)
+        by_member.setdefault(member, []).append(alt)
+    out = []
+    for key, (where, by_member) in slots.items():
+        alts = tuple(
+            Alternative("+".join(a.label for a in alts), tuple(t for a in alts for t in a.tokens))
+            for alts in by_member.values()
+        )
+        out.append(Slot(key, where, alts))
+    return tuple(out)
+
+
+# -- stalwart ----------------------------------------------------------------------------------
 
 
 def stalwart_json_for(mail: Path) -> Path | None:
@@ -166,62 +244,67 @@ def stalwart_json_for(mail: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _stalwart_part_tokens(part: dict[str, object]) -> tuple[list[str], bool]:
-    """(tokens, is_html) of one Stalwart part; no tokens for binary/multipart/message bodies."""
-    body = part.get("body")
-    if isinstance(body, dict):
-        if isinstance(body.get("Text"), str):
-            return tokens(body["Text"]), False
-        if isinstance(body.get("Html"), str):
-            return html_tokens(body["Html"]), True
-    return [], False
+def _stalwart_header(part: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The last header ``name`` of a part (Stalwart, like most readers, lets the last one win)."""
+    found = None
+    for header in part.get("headers") or ():
+        if header.get("name") == name:
+            found = header.get("value")
+    return found if isinstance(found, dict) else None
 
 
-def load_stalwart(json_path: Path) -> ExpectedBody:
-    """The top-level message's text_body and html_body (nested messages are left out)."""
+def _stalwart_type(part: dict[str, Any], header: str = "content_type") -> tuple[str, list[str]]:
+    value = _stalwart_header(part, header)
+    ctype = (value or {}).get("ContentType") or {}
+    kind = f"{ctype.get('c_type', '')}/{ctype.get('c_subtype') or ''}".lower().rstrip("/")
+    names = [str(a.get("name", "")).lower() for a in ctype.get("attributes") or ()]
+    return kind, names
+
+
+def load_stalwart(json_path: Path, corpus: Path) -> Expected:
+    """The top-level message's text_body and html_body parts (nested messages are left out)."""
     data = json.loads(json_path.read_text(encoding="utf-8"))
-    parts = data["parts"]
+    parts: list[dict[str, Any]] = data["parts"]
+    parent: dict[int, int] = {}
+    for index, part in enumerate(parts):
+        body = part.get("body")
+        if isinstance(body, dict) and isinstance(body.get("Multipart"), list):
+            for child in body["Multipart"]:
+                parent[child] = index
 
-    def collect(indexes: list[int] | None) -> tuple[str, ...]:
-        out: list[str] = []
-        for index in indexes or ():
-            found, _ = _stalwart_part_tokens(parts[index])
-            out.extend(found)
-        return tuple(out)
-
-    return ExpectedBody(str(json_path), collect(data.get("text_body")), collect(data.get("html_body")))
+    members: list[tuple[str | None, str, str, Alternative]] = []
+    for index in dict.fromkeys([*(data.get("text_body") or ()), *(data.get("html_body") or ())]):
+        part = parts[index]
+        body = part.get("body") if isinstance(part.get("body"), dict) else {}
+        if isinstance(body.get("Text"), str):
+            found = tokens(body["Text"])
+        elif isinstance(body.get("Html"), str):
+            found = html_tokens(body["Html"])
+        else:
+            continue  # inline images and the like
+        disposition, params = _stalwart_type(part, "content_disposition")
+        _, type_params = _stalwart_type(part)
+        attached = disposition.startswith("attachment") or "filename" in params or "name" in type_params
+        # The nearest multipart/alternative above the part, and its child on the way down.
+        group, member, node = None, str(index), index
+        while node in parent:
+            up = parent[node]
+            if _stalwart_type(parts[up])[0] == "multipart/alternative":
+                group, member = f"alternative:{up}", f"{up}.{node}"
+                break
+            node = up
+        members.append(
+            (group, member, ANYWHERE if attached else BODY, Alternative(f"part {index}", tuple(found)))
+        )
+    return Expected(str(json_path.relative_to(corpus)), _group(members))
 
 
 # -- mime4j ------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Mime4jText:
-    """One text body mime4j decoded, with the header fields of its part."""
-
-    file: Path
-    content_type: str
-    charset: str | None
-    filename: str | None
-    disposition: str
-    in_forwarded: bool  # inside a message/rfc822 (or a digest entry)
-    raw: bytes
-
-    @property
-    def text(self) -> str:
-        """Decoded with the declared charset (US-ASCII if none); undecodable bytes become U+FFFD,
-        which no token can contain, so a wrong label only removes tokens, never invents them."""
-        codec = (self.charset or "us-ascii").strip().lower()
-        try:
-            return self.raw.decode(codec, "replace")
-        except LookupError:
-            return self.raw.decode("us-ascii", "replace")
-
-    @property
-    def expected_tokens(self) -> list[str]:
-        if self.content_type == "text/html":
-            return html_tokens(self.text)
-        return tokens(self.text)
+# mime4j writes a text-body for every text/* part; detox renders text/plain and text/html (and RTF)
+# and holds other text subtypes (text/x-alphabet, text/enriched...) as unsupported, so only these two
+# are expectations.
+MIME4J_TEXT_TYPES = frozenset({"text/plain", "text/html"})
 
 
 def mime4j_xml_for(mail: Path) -> Path | None:
@@ -232,41 +315,57 @@ def mime4j_xml_for(mail: Path) -> Path | None:
 
 
 def _fields(header: ET.Element | None) -> Message:
-    raw = (
-        "".join((f.text or "").strip("\n") + "\n" for f in header.iter("field")) if header is not None else ""
-    )
-    return HeaderParser().parsestr(raw + "\n")
+    lines = [(f.text or "").strip("\n") for f in header.iter("field")] if header is not None else []
+    return HeaderParser().parsestr("".join(line + "\n" for line in lines) + "\n")
 
 
-def load_mime4j(xml_path: Path) -> list[Mime4jText]:
+def _decode(raw: bytes, charset: str | None) -> str:
+    """Decoded with the declared charset (US-ASCII if none); undecodable bytes become U+FFFD, which no
+    token can contain, so a wrong label only removes tokens, never invents them."""
+    try:
+        return raw.decode((charset or "us-ascii").strip(), "replace")
+    except LookupError:
+        return raw.decode("us-ascii", "replace")
+
+
+def load_mime4j(xml_path: Path, corpus: Path) -> Expected:
     root = ET.parse(xml_path).getroot()
-    out: list[Mime4jText] = []
+    members: list[tuple[str | None, str, str, Alternative]] = []
+    counter = iter(range(1_000_000))
 
-    def walk(node: ET.Element, messages: int) -> None:
-        header = node.find("header")
+    def walk(node: ET.Element, forwarded: bool, group: str | None, member: str | None) -> None:
+        """``node`` is a <message> or <body-part>: its <header>, then a body or a <multipart>."""
+        fields = _fields(node.find("header"))
+        declared = fields.get("content-type") is not None
+        ctype = fields.get_content_type() if declared else "text/plain"
         for child in node:
-            if child.tag == "text-body":
-                fields = _fields(header)
-                declared = fields.get("content-type") is not None
-                name = child.get("name") or ""
-                out.append(
-                    Mime4jText(
-                        file=xml_path.parent / name,
-                        content_type=fields.get_content_type() if declared else "text/plain",
-                        charset=fields.get_param("charset") if declared else None,  # type: ignore[arg-type]
-                        filename=fields.get_filename(),
-                        disposition=(fields.get("content-disposition") or "").split(";")[0].strip().lower(),
-                        in_forwarded=messages > 1,
-                        raw=(xml_path.parent / name).read_bytes(),
-                    )
+            if child.tag == "text-body" and ctype in MIME4J_TEXT_TYPES:
+                raw = (xml_path.parent / (child.get("name") or "")).read_bytes()
+                text = _decode(raw, fields.get_param("charset") if declared else None)  # type: ignore[arg-type]
+                found = html_tokens(text) if ctype == "text/html" else tokens(text)
+                attached = (
+                    forwarded
+                    or fields.get_filename() is not None
+                    or (fields.get("content-disposition") or "").split(";")[0].strip().lower() == "attachment"
                 )
+                name = child.get("name") or "?"
+                own = member if member is not None else name
+                members.append((group, own, ANYWHERE if attached else BODY, Alternative(name, tuple(found))))
             elif child.tag == "message":
-                walk(child, messages + 1)
-            elif child.tag in ("multipart", "body-part"):
-                walk(child, messages)
+                walk(child, True, group, member)
+            elif child.tag == "multipart":
+                is_alternative = ctype == "multipart/alternative"
+                alt_key = f"alternative:{next(counter)}" if is_alternative else group
+                for index, sub in enumerate(c for c in child if c.tag == "body-part"):
+                    walk(
+                        sub,
+                        forwarded,
+                        alt_key,
+                        f"{alt_key}/{index}" if is_alternative else member,
+                    )
 
-    walk(root, 1)
-    return out
+    walk(root, False, None, None)
+    return Expected(str(xml_path.relative_to(corpus)), _group(members))
 
 
 # -- zbateson ------------------------------------------------------------------------------------
@@ -331,17 +430,93 @@ ZBATESON_ATTACHMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def zbateson_file_tokens(corpus_mail_dir: Path, name: str) -> list[str]:
-    data = (corpus_mail_dir / "zbateson-mmp" / "expected-files" / name).read_bytes()
-    return tokens(data.decode("iso-8859-1"))
+def zbateson_file_tokens(corpus: Path, name: str) -> tuple[str, ...]:
+    data = (corpus / "mail" / "zbateson-mmp" / "expected-files" / name).read_bytes()
+    return tuple(tokens(data.decode("iso-8859-1")))
 
 
-def load_zbateson(mail: Path) -> ExpectedBody | None:
+def load_zbateson(mail: Path, corpus: Path) -> Expected | None:
     if mail.parent.name != "zbateson-mmp" or mail.stem not in ZBATESON_BODIES:
         return None
     text_file, html_file = ZBATESON_BODIES[mail.stem]
-    root = mail.parent.parent
-    # The upstream "html" check strips the tags and compares with the same plain file.
-    text = tuple(zbateson_file_tokens(root, text_file)) if text_file else ()
-    html = tuple(zbateson_file_tokens(root, html_file)) if html_file else ()
-    return ExpectedBody(f"zbateson expected-files ({text_file or html_file})", text, html)
+    # The upstream "html" check strips the tags and compares with the same plain-text file.
+    body = tuple(
+        Alternative(f"{kind}: {name}", zbateson_file_tokens(corpus, name))
+        for kind, name in (("text", text_file), ("html", html_file))
+        if name
+    )
+    slots = [Slot("body", BODY, body)]
+    for name in ZBATESON_ATTACHMENTS.get(mail.stem, ()):
+        slots.append(Slot(name, ANYWHERE, (Alternative(name, zbateson_file_tokens(corpus, name)),)))
+    return Expected("mail/zbateson-mmp/expected-files (via EmailFunctionalTest.php)", tuple(slots))
+
+
+def load_all(mail: Path, corpus: Path) -> list[Expected]:
+    """Every oracle the corpus has for ``mail`` (possibly none)."""
+    found: list[Expected] = []
+    if (path := stalwart_json_for(mail)) is not None:
+        found.append(load_stalwart(path, corpus))
+    if (path := mime4j_xml_for(mail)) is not None:
+        found.append(load_mime4j(path, corpus))
+    if (zbateson := load_zbateson(mail, corpus)) is not None:
+        found.append(zbateson)
+    return found
+
+
+def has_oracle(mail: Path) -> bool:
+    return (
+        stalwart_json_for(mail) is not None
+        or mime4j_xml_for(mail) is not None
+        or (mail.parent.name == "zbateson-mmp" and mail.stem in ZBATESON_BODIES)
+    )
+
+
+# -- stdlib (Japanese) -----------------------------------------------------------------------------
+
+# A fourth, weaker oracle for the Japanese mails, which none of the above covers (deco-mail-filter,
+# mikel/mail multi_charset, sisimai bounces): Python's email package with each text/plain or text/html
+# leaf decoded *strictly* with its declared charset. A part whose label does not decode it (e.g.
+# ISO-2022-JP carrying NEC special characters, which needs CP50220/ISO-2022-JP-MS) is left out rather
+# than guessed. Only the CJK tokens are kept: they are what a charset mistake destroys.
+
+
+def _declared_text(part: Message) -> str | None:
+    charset = part.get_content_charset()
+    payload = part.get_payload(decode=True)
+    if not charset or not isinstance(payload, bytes):
+        return None
+    try:
+        return payload.decode(charset, "strict")
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
+@functools.cache
+def load_stdlib_japanese(mail: Path) -> Expected | None:
+    msg = email.message_from_bytes(mail.read_bytes(), policy=email.policy.compat32)
+    members: list[tuple[str | None, str, str, Alternative]] = []
+    counter = iter(range(1_000_000))
+
+    def walk(node: Message, path: str, group: str | None, member: str | None) -> None:
+        payload = node.get_payload()
+        if isinstance(payload, list):
+            is_alternative = node.get_content_type() == "multipart/alternative"
+            key = f"alternative:{next(counter)}" if is_alternative else group
+            for index, child in enumerate(payload, 1):
+                if isinstance(child, Message):
+                    walk(child, f"{path}.{index}", key, f"{key}/{index}" if is_alternative else member)
+            return
+        ctype = node.get_content_type()
+        if ctype not in ("text/plain", "text/html"):
+            return
+        text = _declared_text(node)
+        if text is None:
+            return
+        found = html_tokens(text) if ctype == "text/html" else tokens(text)
+        cjk = tuple(t for t in found if is_cjk_token(t))
+        own = member if member is not None else path
+        members.append((group, own, ANYWHERE, Alternative(f"part {path} ({ctype})", cjk)))
+
+    walk(msg, "1", None, None)
+    expected = Expected(f"{mail.name} decoded by the stdlib with its declared charsets", _group(members))
+    return expected if expected.token_count else None
