@@ -49,9 +49,10 @@ RUN apt-get update \
         libmagic1 \
         bubblewrap \
         ca-certificates \
-    # ---- converters: LibreOffice (libreoffice-writer-nogui, -calc-nogui, -impress-nogui), fonts
-    # ---- (fonts-noto-cjk or fonts-ipaexfont), poppler-utils, qpdf, clamav-daemon go HERE when the filters
-    # ---- need them; keep this list in step with scripts/install-system-deps.sh.
+        librsvg2-bin \
+        fonts-ipaexfont \
+    # ---- converters still to come: LibreOffice (-writer/-calc/-impress-nogui), clamav-daemon go HERE;
+    # ---- keep this list in step with scripts/install-system-deps.sh.
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system detox \

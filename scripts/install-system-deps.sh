@@ -18,8 +18,11 @@ PACKAGES=(
     libmagic1        # python-magic: true-type detection
     bubblewrap       # bwrap: sandboxed converters
     ca-certificates  # TLS: pip, STARTTLS certificate checks
-    # --- converters: add LibreOffice / poppler-utils / qpdf / fonts-noto-cjk / clamav-daemon here when the
-    #     filters need them (and in the Dockerfile's runtime stage) ------------------------------------
+    librsvg2-bin     # rsvg-convert: SVG attachments rasterized inside the sandbox
+    fonts-ipaexfont  # Japanese glyphs when PDFs (and SVGs) without embedded fonts are rasterized
+    # --- converters still to come: LibreOffice, clamav-daemon (also in the Dockerfile's runtime stage) --
+    # --- benchmarks ----------------------------------------------------------------------------------
+    poppler-utils    # pdftoppm: the baseline bench/pdf_raster.py compares against
     # --- tests ---------------------------------------------------------------------------------------
     postfix          # a real LGWAN-side MTA (private instance started by the `postfix` pytest fixture)
     swaks            # manual/functional SMTP checks

@@ -88,7 +88,18 @@ class FilterSettings(Strict):
 
 
 class PipelineConfig(Strict):
-    order: tuple[str, ...] = ("html", "plain", "rtf", "enriched", "text-attachment", "signature")
+    # Attachment filters claim by the DETECTED type, so they go first: an image declared as
+    # text/html must reach the image filter, not the HTML converter.
+    order: tuple[str, ...] = (
+        "image",
+        "pdf",
+        "html",
+        "plain",
+        "rtf",
+        "enriched",
+        "text-attachment",
+        "signature",
+    )
     unhandled: Literal["hold", "drop"] = "hold"
     workers: int = Field(default=0, ge=0)  # 0 = one per CPU core
 
@@ -136,6 +147,10 @@ class NoticeConfig(Strict):
     converted_rtf: str = "・リッチテキスト形式の本文をテキストに変換しました。"
     urls_defanged: str = "・本文中の URL $count 件をクリックできない形式に変えました（hxxp, [.]）。"
     signature_removed: str = "・電子署名は無害化により無効になるため取り除きました。"
+    attachments_converted: str = (
+        "・添付ファイル $count 件を安全な形式に作り直しました（PDF の画像化・無害化、画像の再エンコードと"
+        "位置情報などのメタデータ削除）。"
+    )
     reasons: dict[str, str] = Field(
         default_factory=lambda: {
             "unsupported-type": "この形式はまだ無害化できないため",
@@ -145,6 +160,8 @@ class NoticeConfig(Strict):
             "encrypted": "暗号化されていて中身を確認できないため",
             "not-text": "テキストと表示されていますが中身がテキストではないため",
             "unparsable": "メールの構造を解釈できなかったため",
+            "svg": "SVG 画像は安全に変換できないため",
+            "signature": "電子署名は無害化により無効になるため",
         }
     )
 

@@ -264,6 +264,9 @@ def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -
         lines.append(config.notice.urls_defanged.replace("$count", str(defanged)))
     if notes["signature-removed"]:
         lines.append(config.notice.signature_removed)
+    rebuilt = notes["image-reencoded"] + notes["pdf-sanitized"] + notes["pdf-rasterized"]
+    if rebuilt:
+        lines.append(config.notice.attachments_converted.replace("$count", str(rebuilt)))
     return lines
 
 

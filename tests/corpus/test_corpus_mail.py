@@ -31,6 +31,7 @@ from pathlib import Path
 
 import expected as oracle
 import pytest
+from support.inert import assert_image_clean, assert_inert
 
 from detox.config.loader import load_config
 from detox.config.schema import DetoxConfig
@@ -38,7 +39,17 @@ from detox.envelope import Envelope
 from detox.pipeline.runner import DetoxResult, Pipeline
 
 ENVELOPE = Envelope("019ABCDEF0123456789A", "sender@example.jp", ("taro@city.example.lg.jp",))
-ALLOWED_TYPES = {"text/plain", "text/csv", "multipart/mixed", "message/rfc822"}
+# Disarmed attachments may be PDF (sanitized or rasterized) or PNG/JPEG (re-encoded): each is checked
+# by the independent checks in support.inert.
+ALLOWED_TYPES = {
+    "text/plain",
+    "text/csv",
+    "multipart/mixed",
+    "message/rfc822",
+    "application/pdf",
+    "image/png",
+    "image/jpeg",
+}
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 # C0 controls other than TAB, LF, FF and CR; DEL; C1 controls. None of them belongs in text that staff
 # read (detox.text.html strips the same set from converted HTML).
@@ -170,6 +181,12 @@ def test_output_is_clean_inert_mime(corpus_mail, pipeline_timings):
 
     types = sorted({p.get_content_type() for p in msg.walk()})
     assert set(types) <= ALLOWED_TYPES, f"output has part types outside the allowed set: {types}"
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "application/pdf":
+            assert_inert(part.get_payload(decode=True))
+        elif ctype in ("image/png", "image/jpeg"):
+            assert_image_clean(part.get_payload(decode=True))
 
     assert msg["X-Detox-Id"] == ENVELOPE.queue_id
     assert msg["X-Detox-Actions"] is not None

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import json
-import struct
 import time
-import zlib
 from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -143,7 +143,8 @@ def test_attachments_text_passes_as_utf8_others_held() -> None:
     assert f"{ENV.queue_id}/3" in text and f"{ENV.queue_id}/4" in text
     assert "attachments-held=2" in result.actions
     held = {r.filename: r for r in result.held}
-    assert held["請求書.pdf"].reason == "unsupported-type"
+    assert held["請求書.pdf"].reason == "filter-error"  # claimed by the pdf filter; not a real PDF
+    assert held["請求書.pdf"].filter == "pdf"
     assert held["a.exe"].detected_type != "text/plain"
     assert_safe_shape(out)
 
@@ -268,12 +269,18 @@ def test_url_defang_exemption_by_sender_domain() -> None:
     assert "hxxps://partner[.]example/page" in body_text(out2)
 
 
+def _png_text(key: str, value: str) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(key, value)
+    return info
+
+
 def test_report_is_json_and_complete() -> None:
     msg = base()
     msg.set_content("本文")
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
-    msg.add_attachment(png, maintype="image", subtype="png", filename="図.png")
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), (200, 30, 30)).save(buf, "PNG", pnginfo=_png_text("Author", "someone"))
+    msg.add_attachment(buf.getvalue(), maintype="image", subtype="png", filename="図.png")
     result, _ = run(msg)
     report = json.loads(json.dumps(result.report, ensure_ascii=False))
     assert report["queue_id"] == ENV.queue_id
@@ -282,7 +289,8 @@ def test_report_is_json_and_complete() -> None:
     assert part["declared_type"] == "image/png"
     assert part["detected_type"] == "image/png"
     assert len(part["sha256"]) == 64
-    assert part["action"] == "hold" and part["filter"] == "-"
+    assert part["action"] == "replace" and part["filter"] == "image"
+    assert part["output_sha256"] and part["output_sha256"] != part["sha256"]
     assert report["output_sha256"]
 
 
