@@ -8,13 +8,14 @@ failure into a pass: it raises, and the runner maps the error to the configured 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from detox.config.schema import DetoxConfig
-from detox.pipeline.model import Part, Verdict
+from detox.pipeline.model import Part, PartRecord, Verdict
 from detox.sandbox.base import Sandbox
 
 
@@ -33,6 +34,9 @@ class FilterContext:
     # Converters of hostile bytes run here; None when no sandbox is configured (they then raise
     # SandboxError and the runner holds the part).
     sandbox: Sandbox | None = None
+    # Runs a part found inside another one (an archive member) through the whole pipeline:
+    # the same filters, policy, caps and failure handling. Set by the runner.
+    decide_member: Callable[[Part], tuple[Verdict, PartRecord]] | None = None
 
 
 class Filter(ABC):

@@ -72,6 +72,9 @@ class Verdict:
     removed: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # e.g. {"script": 2}
     notes: tuple[str, ...] = ()  # conversion tags for X-Detox-Actions, e.g. "html-converted"
     charset: str | None = None  # the charset the text was decoded from
+    # Decisions on the parts inside this one (archive members), made through the same pipeline
+    # with FilterContext.decide_member; they join the report, the audit record and the notice.
+    members: tuple[PartRecord, ...] = ()
 
     def __post_init__(self) -> None:
         if self.action is Action.TEXT and self.text is None:

@@ -20,7 +20,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.policy import Compat32
 from types import FrameType
@@ -177,6 +177,7 @@ class Pipeline:
             sandbox=self.sandbox,
         )
         walk = _Walk(self, ctx)
+        walk.ctx = replace(ctx, decide_member=walk.decide_member)
         collected = walk.message_contents(msg, prefix="", depth=0)
 
         body_text = "\n\n".join(t.strip("\n") for t in collected.texts if t.strip())
@@ -475,9 +476,17 @@ class _Walk:
             raise PipelineTempFail(reason)
         return Verdict(Action.DROP if on_error is OnError.DROP else Action.HOLD, reason=reason)
 
-    def _apply(
-        self, part: Part, verdict: Verdict, filter_name: str, error: str | None, out: _Collected
-    ) -> None:
+    def decide_member(self, part: Part) -> tuple[Verdict, PartRecord]:
+        """A part found inside another (an archive member): counted, capped, decided like any part."""
+        self.parts_seen += 1
+        decision: tuple[Verdict, str, str | None]
+        if self.parts_seen > self.config.limits.max_mime_parts:
+            decision = Verdict(Action.HOLD, reason="limit-exceeded"), "-", "too many parts"
+        else:
+            decision = self._decide(part)
+        return decision[0], self._record(part, *decision)
+
+    def _record(self, part: Part, verdict: Verdict, filter_name: str, error: str | None) -> PartRecord:
         record = PartRecord(
             part_id=part.part_id,
             role=part.role.value,
@@ -493,6 +502,16 @@ class _Walk:
             charset=verdict.charset,
             error=error,
         )
+        if verdict.action is Action.REPLACE and verdict.output is not None:
+            record.output_sha256 = sha256(verdict.output.data)
+        elif verdict.action is Action.PASS:
+            record.output_sha256 = part.sha256
+        return record
+
+    def _apply(
+        self, part: Part, verdict: Verdict, filter_name: str, error: str | None, out: _Collected
+    ) -> None:
+        record = self._record(part, verdict, filter_name, error)
         if verdict.action is Action.TEXT:
             assert verdict.text is not None
             # Control and invisible (zero-width, bidi) characters never reach the reader.
@@ -505,13 +524,12 @@ class _Walk:
         elif verdict.action is Action.REPLACE:
             assert verdict.output is not None
             out.attachments.append(Attachment(verdict.output, part.part_id))
-            record.output_sha256 = sha256(verdict.output.data)
         elif verdict.action is Action.PASS:
             output = Output(part.declared_type, part.payload, part.untrusted_filename)
             out.attachments.append(Attachment(output, part.part_id))
-            record.output_sha256 = part.sha256
         out.notes.update(verdict.notes)
         out.records.append(record)
+        out.records.extend(verdict.members)
 
     def _hold_subtree(
         self, node: Message, path: str, depth: int, out: _Collected, reason: str, detail: str
