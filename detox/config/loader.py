@@ -102,6 +102,12 @@ def validate_semantics(config: DetoxConfig, file: str) -> None:
             err = exc.errors()[0]
             problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             raise ConfigError(file, f"filters.{name}.options.{_key_path(err['loc'])}", problem) from None
+    from detox.pipeline.policy import Policy
+
+    try:
+        Policy(config, known)
+    except ConfigError as exc:
+        raise ConfigError(file, exc.key, exc.problem) from None
     if config.server.require_tls and not config.server.tls_cert:
         raise ConfigError(file, "server.require_tls", "needs tls_cert and tls_key")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

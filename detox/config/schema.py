@@ -162,6 +162,8 @@ class NoticeConfig(Strict):
             "unparsable": "メールの構造を解釈できなかったため",
             "svg": "SVG 画像は安全に変換できないため",
             "signature": "電子署名は無害化により無効になるため",
+            "policy": "この種類のファイルは受け取らない設定になっているため",
+            "executable": "実行ファイルやスクリプトは受け取らない設定になっているため",
         }
     )
 
@@ -174,6 +176,28 @@ class SandboxConfig(Strict):
     allow_unsandboxed: bool = False
     memory_mb: PositiveInt = 2048
     cpu_s: PositiveInt = 60
+
+
+class PolicyRule(Strict):
+    """One attachment rule; every criterion given must match (an empty one matches anything)."""
+
+    name: str = ""
+    detected: tuple[str, ...] = ()  # patterns over the detected type, e.g. "image/*"
+    extensions: tuple[str, ...] = ()  # without the dot
+    sender_domains: tuple[str, ...] = ()  # envelope sender's domain (unauthenticated)
+    sha256: tuple[str, ...] = ()  # exact files, e.g. an approved form a partner sends every month
+    suspicious: bool | None = None  # declared type / extension / detected type disagree
+    action: str  # hold | drop | default | FILTER | FILTER:MODE
+    reason: str = "policy"  # a key of notice.reasons (or text shown as is)
+
+    @field_validator("detected", "extensions", "sender_domains", "sha256")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(x.strip().lower().lstrip(".").rstrip(".") for x in v)
+
+
+class PolicyConfig(Strict):
+    rules: tuple[PolicyRule, ...] = ()
 
 
 class LoggingConfig(Strict):
@@ -191,6 +215,7 @@ class DetoxConfig(Strict):
     urls: UrlConfig = UrlConfig()
     notice: NoticeConfig = NoticeConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    policy: PolicyConfig = PolicyConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Set by the loader: where relative paths are resolved from (the working directory).

@@ -101,6 +101,7 @@ class PartRecord:
     output_sha256: str | None = None
     charset: str | None = None
     error: str | None = None
+    mismatch: str | None = None  # declared type / extension / detected type disagree (suspicious)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -118,4 +119,5 @@ class PartRecord:
             "output_sha256": self.output_sha256,
             "charset": self.charset,
             "error": self.error,
+            "mismatch": self.mismatch,
         }

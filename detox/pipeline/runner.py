@@ -35,7 +35,8 @@ from detox.filters.base import Filter, FilterContext
 from detox.notice import render_notice
 from detox.pipeline.compose import Attachment, Forwarded, compose_message, serialize
 from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
-from detox.pipeline.registry import build_pipeline
+from detox.pipeline.policy import Policy, type_mismatch
+from detox.pipeline.registry import available_filters, build_pipeline
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Sandbox
 from detox.text.headers import decode_filename, decode_header_value
@@ -157,6 +158,7 @@ class Pipeline:
     def __init__(self, config: DetoxConfig, filters: Sequence[Filter] | None = None) -> None:
         self.config = config
         self.filters = tuple(filters) if filters is not None else build_pipeline(config)
+        self.policy = Policy(config, available_filters())
         self.sandbox: Sandbox | None
         try:
             self.sandbox = make_sandbox(config)
@@ -441,35 +443,50 @@ class _Walk:
         self._apply(part, verdict, filter_name, error, out)
 
     def _decide(self, part: Part) -> tuple[Verdict, str, str | None]:
+        """Policy rules first (attachments), then the first filter in pipeline.order that claims it."""
+        if part.role is Role.ATTACHMENT and self.pipeline.policy.rules:
+            decision, _ = self.pipeline.policy.decide(part, self.ctx.sender_domain)
+            if decision is not None and decision.action != "default":
+                label = f"policy:{decision.rule}"
+                if decision.filter is not None:
+                    return self._run_filter(decision.filter, part, label)
+                action = Action.DROP if decision.action == "drop" else Action.HOLD
+                return Verdict(action, reason=decision.reason), label, None
         for flt in self.pipeline.filters:
             settings = self.config.filter_settings(flt.name)
             try:
                 claimed = flt.applies_to(part)
             except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
                 return self._on_error(settings.on_error, "filter-error"), flt.name, for_log(repr(exc))
-            if not claimed:
-                continue
-            try:
-                with deadline(settings.timeout_s):
-                    verdict = flt.process(part, self.ctx)
-                _check_verdict(flt, part, verdict)
-            except FilterTimeout as exc:
-                log.warning("%s: filter %s timed out on part %s", self.ctx.queue_id, flt.name, part.part_id)
-                return self._on_error(settings.on_error, "filter-timeout"), flt.name, str(exc)
-            except PipelineTempFail:
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
-                log.warning(
-                    "%s: filter %s failed on part %s: %s",
-                    self.ctx.queue_id,
-                    flt.name,
-                    part.part_id,
-                    for_log(repr(exc)),
-                )
-                return self._on_error(settings.on_error, "filter-error"), flt.name, for_log(repr(exc))
-            return verdict, flt.name, None
+            if claimed:
+                return self._run_filter(flt, part, flt.name)
         unhandled = Action.HOLD if self.config.pipeline.unhandled == "hold" else Action.DROP
         return Verdict(unhandled, reason="unsupported-type"), "-", None
+
+    def _run_filter(self, flt: Filter, part: Part, label: str) -> tuple[Verdict, str, str | None]:
+        """One filter on one part, its failures mapped to the configured on_error."""
+        settings = self.config.filter_settings(flt.name)
+        try:
+            if not flt.applies_to(part):  # a policy rule named a filter for a type it cannot read
+                return Verdict(Action.HOLD, reason="unsupported-type"), label, f"{flt.name} does not apply"
+            with deadline(settings.timeout_s):
+                verdict = flt.process(part, self.ctx)
+            _check_verdict(flt, part, verdict)
+        except FilterTimeout as exc:
+            log.warning("%s: filter %s timed out on part %s", self.ctx.queue_id, flt.name, part.part_id)
+            return self._on_error(settings.on_error, "filter-timeout"), label, str(exc)
+        except PipelineTempFail:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
+            log.warning(
+                "%s: filter %s failed on part %s: %s",
+                self.ctx.queue_id,
+                flt.name,
+                part.part_id,
+                for_log(repr(exc)),
+            )
+            return self._on_error(settings.on_error, "filter-error"), label, for_log(repr(exc))
+        return verdict, label, None
 
     def _on_error(self, on_error: OnError, reason: str) -> Verdict:
         if on_error is OnError.TEMPFAIL:
@@ -501,6 +518,7 @@ class _Walk:
             removed=dict(verdict.removed),
             charset=verdict.charset,
             error=error,
+            mismatch=type_mismatch(part) if part.role is Role.ATTACHMENT else None,
         )
         if verdict.action is Action.REPLACE and verdict.output is not None:
             record.output_sha256 = sha256(verdict.output.data)

@@ -1,0 +1,163 @@
+"""Attachment policy rules: detected type, extension, sender, hash; suspicious mismatches."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+from email.message import EmailMessage
+from pathlib import Path
+
+import pikepdf
+import pytest
+
+from detox.config import load_config
+from detox.config.schema import DetoxConfig
+from detox.envelope import Envelope
+from detox.errors import ConfigError
+from detox.pipeline.model import Part, Role
+from detox.pipeline.policy import type_mismatch
+from detox.pipeline.runner import DetoxResult, Pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pdf_bytes() -> bytes:
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    out = io.BytesIO()
+    pdf.save(out)
+    return out.getvalue()
+
+
+def mail(filename: str, data: bytes, maintype: str = "application", subtype: str = "pdf") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "a@partner.example.jp"
+    msg["Subject"] = "添付"
+    msg.set_content("本文")
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return msg.as_bytes()
+
+
+def run(config: DetoxConfig, raw: bytes, sender: str = "a@partner.example.jp") -> DetoxResult:
+    return Pipeline(config).run(raw, Envelope("0123456789ABCDEF0123", sender, ("taro@city.example.lg.jp",)))
+
+
+def attachment_record(result: DetoxResult) -> dict[str, object]:
+    return next(p for p in result.report["parts"] if p["role"] == "attachment")
+
+
+def part(name: str, declared: str, detected: str) -> Part:
+    return Part("2", Role.ATTACHMENT, declared, detected, None, name, b"x", "0" * 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "declared", "detected", "suspicious"),
+    [
+        ("a.pdf", "application/pdf", "application/pdf", False),
+        ("a.pdf", "application/octet-stream", "application/pdf", False),
+        ("invoice.pdf", "application/pdf", "application/x-dosexec", True),
+        ("photo.jpg", "image/jpeg", "application/pdf", True),
+        ("a.bin", "image/png", "application/pdf", True),
+        ("名簿.csv", "text/csv", "application/octet-stream", False),  # CP932 text reads as anything
+        ("a.docx", "application/octet-stream", "application/zip", False),
+        ("noext", "application/octet-stream", "application/zip", False),
+    ],
+)
+def test_type_mismatch(name: str, declared: str, detected: str, suspicious: bool) -> None:
+    assert (type_mismatch(part(name, declared, detected)) is not None) is suspicious
+
+
+def test_shipped_rules_hold_executables_by_extension_and_by_content() -> None:
+    config = load_config(REPO / "config" / "detox.toml")
+    by_name = run(config, mail("更新.exe", b"harmless bytes", "application", "octet-stream"))
+    record = attachment_record(by_name)
+    assert (record["action"], record["reason"], record["filter"]) == (
+        "hold",
+        "executable",
+        "policy:executables-and-scripts",
+    )
+    disguised = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 48 + b"PE\x00\x00"
+    by_content = attachment_record(run(config, mail("readme.txt", disguised, "text", "plain")))
+    assert by_content["action"] == "hold"
+    assert by_content["mismatch"]
+
+
+def test_sender_domain_exception_sanitizes_instead_of_rasterizing() -> None:
+    config = DetoxConfig.model_validate(
+        {
+            "policy": {
+                "rules": [
+                    {
+                        "name": "partner-pdfs",
+                        "sender_domains": ["partner.example.jp"],
+                        "detected": ["application/pdf"],
+                        "action": "pdf:sanitize",
+                    }
+                ]
+            }
+        }
+    )
+    raw = mail("報告書.pdf", pdf_bytes())
+    partner = run(config, raw)
+    assert attachment_record(partner)["filter"] == "policy:partner-pdfs"
+    assert "pdf-sanitized=1" in partner.actions
+    other = run(config, raw, sender="x@elsewhere.example")
+    assert attachment_record(other)["filter"] == "pdf"
+    assert "pdf-rasterized=1" in other.actions
+
+
+def test_sha256_exception_and_first_match_wins() -> None:
+    data = pdf_bytes()
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    config = DetoxConfig.model_validate(
+        {
+            "policy": {
+                "rules": [
+                    {"name": "approved-form", "sha256": [digest.upper()], "action": "default"},
+                    {"name": "no-pdfs", "detected": ["application/*"], "action": "drop"},
+                ]
+            }
+        }
+    )
+    approved = attachment_record(run(config, mail("様式.pdf", data)))
+    assert approved["action"] == "replace" and approved["filter"] == "pdf"
+    dropped = attachment_record(run(config, mail("other.pdf", pdf_bytes() + b"\n%x")))
+    assert (dropped["action"], dropped["filter"]) == ("drop", "policy:no-pdfs")
+
+
+def test_rule_naming_a_filter_for_the_wrong_type_holds() -> None:
+    config = DetoxConfig.model_validate({"policy": {"rules": [{"extensions": ["txt"], "action": "pdf"}]}})
+    record = attachment_record(run(config, mail("a.txt", "テキスト".encode(), "text", "plain")))
+    assert (record["action"], record["reason"]) == ("hold", "unsupported-type")
+
+
+@pytest.mark.parametrize(
+    ("rule", "key", "problem"),
+    [
+        ("action = 'pdff'", "policy.rules[0].action", "unknown filter"),
+        ("action = 'pdf:shred'", "policy.rules[0].action", "pdf:shred"),
+        ("action = 'hold'\nextension = ['exe']", "policy.rules.0.extension", "unknown key"),
+    ],
+)
+def test_policy_config_errors_name_file_and_key(tmp_path: Path, rule: str, key: str, problem: str) -> None:
+    path = tmp_path / "detox.toml"
+    path.write_text(f"[[policy.rules]]\n{rule}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.file == str(path)
+    assert err.value.key == key
+    assert problem in str(err.value)
+
+
+def test_output_mail_of_policy_hold_names_the_reason() -> None:
+    config = load_config(REPO / "config" / "detox.toml")
+    result = run(config, mail("setup.msi", b"\xd0\xcf\x11\xe0 whatever", "application", "octet-stream"))
+    out = email.message_from_bytes(result.output, policy=email.policy.default)
+    assert isinstance(out, EmailMessage)
+    body = out.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "setup.msi" in text and "実行ファイルやスクリプトは受け取らない設定になっているため" in text
