@@ -6,8 +6,9 @@ from detox.text.enriched import enriched_to_text, richtext_to_text
 
 
 def test_enriched_commands_dropped_and_newlines_follow_rfc1896() -> None:
+    # one newline is a space, n newlines are n-1 line breaks
     src = "<bold>重要</bold>なお知らせ\n続き\n\n新しい段落 <<タグではない>\n<param>Times</param>"
-    assert enriched_to_text(src) == "重要なお知らせ 続き\n新しい段落 <タグではない> "  # a lone newline is a space
+    assert enriched_to_text(src) == "重要なお知らせ 続き\n新しい段落 <タグではない> "
 
 
 def test_richtext_nl_and_lt() -> None:
