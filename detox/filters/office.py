@@ -1,0 +1,234 @@
+"""Office attachments: OOXML rebuilt without macros, embeddings and external links, in the sandbox.
+
+The filter claims an attachment by what libmagic found in its bytes (``part.detected_type``):
+
+* OOXML (``application/vnd.openxmlformats-officedocument.*`` and the macro-enabled
+  ``application/vnd.ms-*.macroEnabled.12`` types): rebuilt by :mod:`detox.converters.office` in the
+  sandbox, which removes VBA projects, Excel 4 macro sheets, ActiveX, OLE embeddings, DDE, external
+  relationships other than hyperlinks, ribbon customizations... (its docstring has the list) and turns
+  macro-enabled types into the plain ones. The output is the new package, named with the plain
+  extension (``report.docm`` → ``report.docx``).
+* ``application/zip`` or ``application/octet-stream`` only when the name has an OOXML extension
+  (.docx, .xlsm, .pptx...): libmagic names an OOXML package only when its first members are in the
+  usual order. The bytes are not opened here to check (this process does not parse hostile files);
+  the converter refuses what is not an OOXML package, and the part is held. A zip without an Office
+  extension is left to the archive filter.
+* Legacy Office (``application/msword``, ``application/vnd.ms-excel``,
+  ``application/vnd.ms-powerpoint``; an OLE compound file, or unidentified bytes, with a
+  .doc/.xls/.ppt-family or OOXML extension) and ``application/encrypted`` (libmagic's "CDFV2
+  Encrypted": an Office file with a password): held. The sandboxed converter looks at the OLE
+  file only to name the reason: ``encrypted`` (MS-OFFCRYPTO streams, Word's fEncrypted flag,
+  Excel's FILEPASS record, PowerPoint's encrypted CurrentUser token) or ``legacy-office``.
+  Converting legacy files to PDF with LibreOffice running headless in the sandbox comes in a
+  later step; until then they are held.
+* RTF attachments (``text/rtf``, ``application/rtf``): held as ``legacy-office`` without a look
+  (RTF objects, ``\\object``/``\\objdata``, never pass); RTF bodies are the rtf filter's.
+* Not claimed: OneNote, Visio, OpenDocument and everything else (held as unsupported by the runner,
+  or claimed by another filter). An Excel binary workbook (xlsb) is claimed as OOXML and answered
+  ``unsupported-type`` by the converter: its parts are binary records that are not rebuilt.
+
+Hyperlinks: with ``hyperlinks = "auto"`` (the default) they follow the mail body's URL policy: when
+the body's URLs are defanged (``urls.defang``, the sender's domain not exempt), an http(s)/mailto
+hyperlink loses its click (the relationship goes, the text the reader sees stays), as PDF sanitize
+does with URI actions; from an exempt sender they stay clickable. ``"keep"`` and ``"unlink"`` force
+either. Hyperlinks to anything but http(s)/mailto (file:, UNC paths, ms-*: handlers...) are always
+removed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detox.converters.office import HELD_REASONS, MAX_HEADER_BYTES, OUTPUT_TYPES, unpack_result
+from detox.errors import FilterError, SandboxError
+from detox.filters.base import Filter, FilterContext
+from detox.pipeline.model import Action, Output, Part, Role, Verdict
+
+_MIB = 1024 * 1024
+
+OOXML_TYPE_PREFIX = "application/vnd.openxmlformats-officedocument."
+MACRO_ENABLED_TYPES = frozenset(
+    {
+        "application/vnd.ms-word.document.macroenabled.12",
+        "application/vnd.ms-word.template.macroenabled.12",
+        "application/vnd.ms-excel.sheet.macroenabled.12",
+        "application/vnd.ms-excel.template.macroenabled.12",
+        "application/vnd.ms-excel.addin.macroenabled.12",
+        "application/vnd.ms-excel.sheet.binary.macroenabled.12",
+        "application/vnd.ms-powerpoint.presentation.macroenabled.12",
+        "application/vnd.ms-powerpoint.slideshow.macroenabled.12",
+        "application/vnd.ms-powerpoint.template.macroenabled.12",
+        "application/vnd.ms-powerpoint.addin.macroenabled.12",
+    }
+)
+# Detected types that say "some container" without naming Office: claimed by extension only.
+GENERIC_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
+LEGACY_TYPES = frozenset({"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"})
+OLE_TYPES = frozenset({"application/x-ole-storage", "application/cdfv2", "application/vnd.ms-office"})
+ENCRYPTED_TYPES = frozenset({"application/encrypted"})
+RTF_TYPES = frozenset({"text/rtf", "application/rtf"})
+
+OOXML_EXTENSIONS = frozenset(
+    {
+        "docx", "docm", "dotx", "dotm",
+        "xlsx", "xlsm", "xltx", "xltm", "xlam", "xlsb",
+        "pptx", "pptm", "potx", "potm", "ppsx", "ppsm", "ppam",
+    }
+)  # fmt: skip
+LEGACY_EXTENSIONS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pps", "pot"})
+_OFFICE_EXTENSIONS = OOXML_EXTENSIONS | LEGACY_EXTENSIONS | {"rtf"}
+
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_ZIP_END_OF_DIRECTORY = b"PK\x05\x06"
+
+
+class OfficeOptions(BaseModel):
+    """Converter settings (``[filters.office.options]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_members: int = Field(default=5000, ge=1, le=100_000)
+    max_total_bytes: int = Field(default=256 * _MIB, ge=_MIB, le=4096 * _MIB)  # decompressed
+    max_xml_bytes: int = Field(default=64 * _MIB, ge=64 * 1024, le=1024 * _MIB)  # one XML part
+    max_ratio: int = Field(default=200, ge=10, le=10_000)  # for members over 1 MiB
+    max_output_bytes: int = Field(default=128 * _MIB, ge=64 * 1024, le=4096 * _MIB)
+    # auto: follow the body's URL defanging (unlink when it defangs); keep / unlink: always.
+    hyperlinks: Literal["auto", "keep", "unlink"] = "auto"
+
+
+def claim(part: Part) -> Literal["ooxml", "legacy", "rtf"] | None:
+    """How the filter treats an attachment, from its detected type and (for generic types) its name."""
+    if part.role is not Role.ATTACHMENT:
+        return None
+    detected = part.detected_type.lower()
+    ext = part.extension
+    if detected.startswith(OOXML_TYPE_PREFIX) or detected in MACRO_ENABLED_TYPES:
+        return "ooxml"
+    if detected in GENERIC_TYPES and ext in OOXML_EXTENSIONS:
+        return "ooxml"
+    if detected in LEGACY_TYPES or detected in ENCRYPTED_TYPES:
+        return "legacy"
+    if detected in OLE_TYPES and ext in (LEGACY_EXTENSIONS | OOXML_EXTENSIONS):
+        return "legacy"
+    if detected == "application/octet-stream" and ext in LEGACY_EXTENSIONS:
+        return "legacy"
+    if detected in RTF_TYPES:
+        return "rtf"
+    return None
+
+
+class OfficeFilter(Filter):
+    """Word, Excel and PowerPoint attachments: OOXML disarmed, legacy formats and RTF held."""
+
+    name: ClassVar[str] = "office"
+    Options: ClassVar[type[BaseModel]] = OfficeOptions
+
+    def applies_to(self, part: Part) -> bool:
+        return claim(part) is not None
+
+    def process(self, part: Part, ctx: FilterContext) -> Verdict:
+        options = self.options
+        assert isinstance(options, OfficeOptions)
+        kind = claim(part)
+        if kind is None:
+            raise FilterError("not an Office attachment")
+        if kind == "rtf":
+            return Verdict(Action.HOLD, reason="legacy-office")
+        if ctx.sandbox is None:
+            raise SandboxError("no sandbox is configured: Office files are only opened inside one")
+        # The sandbox's own clock fires first, so the converter is killed with its process group
+        # before the runner's deadline gives up on it.
+        timeout = ctx.config.filter_settings(self.name).timeout_s
+        configured = ctx.sandbox.default_limits  # sandbox.memory_mb / cpu_s
+        limits = replace(
+            configured,
+            timeout_s=max(timeout * 0.9, min(timeout, 1.0)),
+            cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
+            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + 4,
+            max_file_bytes=16 * _MIB,  # it writes no files
+            max_open_files=64,
+        )
+        raw = ctx.sandbox.run("office", part.payload, self.converter_args(ctx), limits)
+        try:
+            header, data = unpack_result(raw)
+        except ValueError as exc:
+            raise SandboxError(f"office converter answered something unreadable: {exc}") from None
+        status = header.get("status")
+        if status == "held":
+            reason = header.get("reason")
+            if reason not in HELD_REASONS:
+                raise SandboxError("office converter held the file for an unknown reason")
+            return Verdict(Action.HOLD, reason=str(reason))
+        if status != "ok":
+            raise SandboxError("office converter answered an unknown status")
+        content_type, extension = self._check_result(header, data)
+        return Verdict(
+            Action.REPLACE,
+            output=Output(content_type, data, output_filename(part.untrusted_filename, extension)),
+            removed=_counts(header.get("removed")),
+            notes=("office-disarmed",),
+        )
+
+    def converter_args(self, ctx: FilterContext) -> dict[str, Any]:
+        options = self.options
+        assert isinstance(options, OfficeOptions)
+        hyperlinks = options.hyperlinks
+        if hyperlinks == "auto":
+            hyperlinks = "unlink" if ctx.defang_urls else "keep"
+        return {
+            "max_members": options.max_members,
+            "max_total_bytes": options.max_total_bytes,
+            "max_xml_bytes": options.max_xml_bytes,
+            "max_ratio": options.max_ratio,
+            "hyperlinks": hyperlinks,
+        }
+
+    def _check_result(self, header: dict[str, Any], data: bytes) -> tuple[str, str]:
+        """Trust nothing the sandbox says without a look: the type, the extension, the zip's ends."""
+        options = self.options
+        assert isinstance(options, OfficeOptions)
+        content_type = header.get("content_type")
+        if not isinstance(content_type, str) or content_type not in OUTPUT_TYPES:
+            raise SandboxError(f"office converter returned type {str(content_type)[:80]!r}")
+        extension = header.get("extension")
+        if extension != OUTPUT_TYPES[content_type]:
+            raise SandboxError("office converter returned an extension that does not match the type")
+        if len(data) > options.max_output_bytes:
+            raise SandboxError("office converter output over max_output_bytes")
+        # The converter writes no zip comment: the end-of-directory record is the last 22 bytes.
+        if not (data.startswith(_ZIP_LOCAL_HEADER) and data[-22:-18] == _ZIP_END_OF_DIRECTORY):
+            raise SandboxError("office converter output is not a zip package")
+        return content_type, extension
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise SandboxError("office converter answered no removed counts")
+    counts: dict[str, int] = {}
+    for key, count in value.items():
+        if not (isinstance(key, str) and 0 < len(key) <= 40 and key.replace("-", "").isalnum()):
+            raise SandboxError("office converter answered a malformed removed kind")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise SandboxError("office converter answered a malformed removed count")
+        if count:
+            counts[key] = count
+    return counts
+
+
+def output_filename(untrusted_filename: str | None, extension: str) -> str:
+    """The attachment's name with the output's extension.
+
+    ``report.docm`` -> ``report.docx``, ``表.xlsx`` stays, ``data.bin`` -> ``data.bin.docx``,
+    no name -> ``document.docx``.
+    """
+    name = (untrusted_filename or "").strip()
+    if not name:
+        return f"document.{extension}"
+    stem, dot, current = name.rpartition(".")
+    if dot and stem.strip() and current.lower() in _OFFICE_EXTENSIONS:
+        return f"{stem}.{extension}"
+    return f"{name}.{extension}"
