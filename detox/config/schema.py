@@ -149,7 +149,10 @@ class NoticeConfig(Strict):
     signature_removed: str = "・電子署名は無害化により無効になるため取り除きました。"
     attachments_converted: str = (
         "・添付ファイル $count 件を安全な形式に作り直しました（PDF の画像化・無害化、画像の再エンコードと"
-        "位置情報などのメタデータ削除）。"
+        "位置情報などのメタデータ削除、Office 文書のマクロ・埋め込みオブジェクト・外部リンクの削除）。"
+    )
+    archives_repacked: str = (
+        "・圧縮ファイル $count 件を展開し、中のファイルを無害化して ZIP 形式で作り直しました。"
     )
     reasons: dict[str, str] = Field(
         default_factory=lambda: {
@@ -164,6 +167,19 @@ class NoticeConfig(Strict):
             "signature": "電子署名は無害化により無効になるため",
             "policy": "この種類のファイルは受け取らない設定になっているため",
             "executable": "実行ファイルやスクリプトは受け取らない設定になっているため",
+            "encrypted-archive": (
+                "パスワード付き（暗号化された）圧縮ファイルは中身を確認できないため。パスワード付き ZIP と"
+                "パスワードを別々に送る方式（いわゆる PPAP）は受け付けていません。送信者に、パスワード付き"
+                " ZIP 以外の方法で送り直すよう依頼してください"
+            ),
+            "archive-bomb": "展開すると極端に大きくなる圧縮ファイル（圧縮爆弾の疑い）のため",
+            "archive-corrupt": "圧縮ファイルが壊れていて正しく展開できないため",
+            "archive-unsupported": "この圧縮形式はまだ安全に展開できないため",
+            "archive-is-document": "圧縮ファイルに見えますが中身が文書ファイルの形式で、安全に扱えないため",
+            "archive-empty": "圧縮ファイルの中にファイルが見つからなかったため",
+            "archive-empty-after-detox": "圧縮ファイルの中のファイルがすべて取り除かれたため",
+            "archive-member-unsafe": "圧縮ファイルの中の危険な項目（リンク・絶対パスなど）のため",
+            "legacy-office": "旧形式の Office 文書・RTF はまだ無害化できないため",
         }
     )
 

@@ -18,6 +18,7 @@ import quopri
 import re
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -114,13 +115,21 @@ def deadline(seconds: float) -> Iterator[None]:
     def _expired(signum: int, frame: FrameType | None) -> None:
         raise FilterTimeout(f"no result within {seconds:g}s")
 
+    # Deadlines nest (an archive's filter runs its members' filters): the inner one never outlives
+    # the outer, and the outer's remaining time is re-armed when the inner ends.
+    outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    effective = min(seconds, outer_remaining) if outer_remaining > 0 else seconds
     previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, effective)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_remaining > 0:
+            left = outer_remaining - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 @dataclass
@@ -267,9 +276,13 @@ def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -
         lines.append(config.notice.urls_defanged.replace("$count", str(defanged)))
     if notes["signature-removed"]:
         lines.append(config.notice.signature_removed)
-    rebuilt = notes["image-reencoded"] + notes["pdf-sanitized"] + notes["pdf-rasterized"]
+    rebuilt = (
+        notes["image-reencoded"] + notes["pdf-sanitized"] + notes["pdf-rasterized"] + notes["office-disarmed"]
+    )
     if rebuilt:
         lines.append(config.notice.attachments_converted.replace("$count", str(rebuilt)))
+    if notes["archive-repacked"]:
+        lines.append(config.notice.archives_repacked.replace("$count", str(notes["archive-repacked"])))
     return lines
 
 

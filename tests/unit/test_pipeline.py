@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import io
@@ -459,3 +460,34 @@ def test_whole_encrypted_message_is_held_as_part_0() -> None:
     result, out = run(raw)
     assert [(r.part_id, r.reason) for r in result.held] == [("0", "encrypted")]
     assert f"{ENV.queue_id}/0" in body_text(out)
+
+
+# -- nested deadlines (an archive's filter runs its members' filters) ------------------------------
+
+
+def test_inner_deadline_does_not_cancel_the_outer_one() -> None:
+    import time
+
+    from detox.errors import FilterTimeout
+    from detox.pipeline.runner import deadline
+
+    started = time.monotonic()
+    with pytest.raises(FilterTimeout), deadline(0.3):
+        with deadline(5.0):
+            time.sleep(0.01)  # the inner block ends well within both
+        time.sleep(2.0)  # the outer deadline must still fire here
+    assert time.monotonic() - started < 1.5
+
+
+def test_inner_deadline_never_outlives_the_outer_one() -> None:
+    import time
+
+    from detox.errors import FilterTimeout
+    from detox.pipeline.runner import deadline
+
+    started = time.monotonic()
+    with pytest.raises(FilterTimeout), deadline(0.3):
+        with contextlib.suppress(FilterTimeout), deadline(10.0):
+            time.sleep(3.0)  # capped by the outer's 0.3 s; the inner handler swallows it
+        time.sleep(3.0)  # and the outer fires right after
+    assert time.monotonic() - started < 1.5
