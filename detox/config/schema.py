@@ -93,6 +93,8 @@ class PipelineConfig(Strict):
     order: tuple[str, ...] = (
         "image",
         "pdf",
+        "office",  # before archive: an OOXML file is a zip
+        "archive",
         "html",
         "plain",
         "rtf",
@@ -216,6 +218,47 @@ class PolicyConfig(Strict):
     rules: tuple[PolicyRule, ...] = ()
 
 
+DEFAULT_RELEASE_NOTE = """\
+【detox 例外措置による解除のお知らせ】
+このメールは、無害化のためインターネット側で保管していた添付ファイルを、管理者の承認を得た
+例外措置として解除し、無害化せずに元のままお届けするものです。
+
+  保管番号: $hold_ids
+  承認者: $approvers
+  理由: $reason
+  解除番号: $release_id（$released_at）
+
+元のメール
+  差出人: $from
+  件名: $subject
+  受信日時: $received_at（受付番号: $queue_id）
+
+添付したファイル（無害化されていません）:
+$parts
+
+送信者と内容に心当たりがあることを確かめてから開いてください。
+不明な点は情報政策課へお問い合わせください。
+"""
+
+
+class QuarantineConfig(Strict):
+    """``detox quarantine``: releasing held originals as recorded exceptions (例外措置)."""
+
+    # A release then needs `detox quarantine approve` by a second, different admin first.
+    two_person_rule: bool = False
+    release_subject_prefix: str = "【例外措置】"
+    # The Japanese cover note of a released mail (string.Template, see README for placeholders).
+    release_note: str = DEFAULT_RELEASE_NOTE
+
+
+class AuditConfig(Strict):
+    """The hash-chained audit log under ``<state_dir>/audit/``."""
+
+    # Start a new file when audit.jsonl reaches this size; the chain continues across files.
+    # 0 = never rotate.
+    rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+
+
 class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -233,6 +276,8 @@ class DetoxConfig(Strict):
     sandbox: SandboxConfig = SandboxConfig()
     policy: PolicyConfig = PolicyConfig()
     logging: LoggingConfig = LoggingConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    audit: AuditConfig = AuditConfig()
 
     # Set by the loader: where relative paths are resolved from (the working directory).
     base_dir: str = "."

@@ -31,7 +31,13 @@ from pathlib import Path
 
 import expected as oracle
 import pytest
-from support.inert import assert_image_clean, assert_inert
+from support.inert import (
+    OFFICE_OUTPUT_TYPES,
+    assert_image_clean,
+    assert_inert,
+    assert_office_clean,
+    assert_zip_clean,
+)
 
 from detox.config.loader import load_config
 from detox.config.schema import DetoxConfig
@@ -39,8 +45,8 @@ from detox.envelope import Envelope
 from detox.pipeline.runner import DetoxResult, Pipeline
 
 ENVELOPE = Envelope("019ABCDEF0123456789A", "sender@example.jp", ("taro@city.example.lg.jp",))
-# Disarmed attachments may be PDF (sanitized or rasterized) or PNG/JPEG (re-encoded): each is checked
-# by the independent checks in support.inert.
+# Disarmed attachments may be PDF (sanitized or rasterized), PNG/JPEG (re-encoded), rebuilt OOXML or a
+# repacked ZIP: each is checked by the independent checks in support.inert.
 ALLOWED_TYPES = {
     "text/plain",
     "text/csv",
@@ -49,6 +55,8 @@ ALLOWED_TYPES = {
     "application/pdf",
     "image/png",
     "image/jpeg",
+    "application/zip",
+    *OFFICE_OUTPUT_TYPES,
 }
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 # C0 controls other than TAB, LF, FF and CR; DEL; C1 controls. None of them belongs in text that staff
@@ -180,6 +188,7 @@ def test_output_is_clean_inert_mime(corpus_mail, pipeline_timings):
     assert not defects, f"our own output has MIME defects: {defects}"
 
     types = sorted({p.get_content_type() for p in msg.walk()})
+    withheld = {r.sha256 for r in result.records if r.action in ("hold", "drop") and r.sha256}
     assert set(types) <= ALLOWED_TYPES, f"output has part types outside the allowed set: {types}"
     for part in msg.walk():
         ctype = part.get_content_type()
@@ -187,6 +196,10 @@ def test_output_is_clean_inert_mime(corpus_mail, pipeline_timings):
             assert_inert(part.get_payload(decode=True))
         elif ctype in ("image/png", "image/jpeg"):
             assert_image_clean(part.get_payload(decode=True))
+        elif ctype == "application/zip":
+            assert_zip_clean(part.get_payload(decode=True), withheld)
+        elif ctype in OFFICE_OUTPUT_TYPES:
+            assert_office_clean(part.get_payload(decode=True), ctype)
 
     assert msg["X-Detox-Id"] == ENVELOPE.queue_id
     assert msg["X-Detox-Actions"] is not None
