@@ -95,6 +95,7 @@ class PipelineConfig(Strict):
         "pdf",
         "office",  # before archive: an OOXML file is a zip
         "archive",
+        "calendar",
         "html",
         "plain",
         "rtf",
@@ -152,6 +153,9 @@ class NoticeConfig(Strict):
     attachments_converted: str = (
         "・添付ファイル $count 件を安全な形式に作り直しました（PDF の画像化・無害化、画像の再エンコードと"
         "位置情報などのメタデータ削除、Office 文書のマクロ・埋め込みオブジェクト・外部リンクの削除）。"
+    )
+    calendar_converted: str = (
+        "・予定表ファイル（.ics）$count 件を読める文字だけのテキストに変換しました（予定表には取り込めません）。"
     )
     archives_repacked: str = (
         "・圧縮ファイル $count 件を展開し、中のファイルを無害化して ZIP 形式で作り直しました。"

@@ -281,6 +281,8 @@ def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -
     )
     if rebuilt:
         lines.append(config.notice.attachments_converted.replace("$count", str(rebuilt)))
+    if notes["calendar-converted"]:
+        lines.append(config.notice.calendar_converted.replace("$count", str(notes["calendar-converted"])))
     if notes["archive-repacked"]:
         lines.append(config.notice.archives_repacked.replace("$count", str(notes["archive-repacked"])))
     return lines

@@ -156,6 +156,13 @@ CASES: dict[str, tuple[str, list[str], list[str], list[str], list[str]]] = {
         [],
         [],
     ),
+    "outlook-invite-iso2022jp.eml": (
+        "①住民説明会のご案内",
+        ["住民説明会のご案内です。", "②場所：㈱髙﨑商事 会議室", "予定表ファイル（.ics）1 件"],
+        ["BEGIN:VCALENDAR"],
+        ["invite.ics.txt"],
+        [],
+    ),
 }
 
 
