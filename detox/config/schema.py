@@ -129,7 +129,11 @@ DEFAULT_NOTICE = """\
 【detox 無害化通知】
 このメールはインターネットから届いたため、安全のため無害化されました（受付番号: $queue_id）。
 $conversions
+
+$delivered_section
+
 $held_section
+
 ----------------------------------------------------------------
 """
 
@@ -138,7 +142,18 @@ DEFAULT_HELD_SECTION = """\
 必要な場合は受付番号と保管番号を添えて情報政策課へお問い合わせください。
 $held_items"""
 
-DEFAULT_HELD_ITEM = "  ・$name（$size、理由: $reason、保管番号: $hold_id）"
+DEFAULT_HELD_ITEM = """\
+  ・$name（$size、理由: $reason、保管番号: $hold_id）
+      種類: $type　SHA-256: $sha256"""
+
+DEFAULT_DELIVERED_SECTION = """\
+次の添付ファイルは無害化した形でお届けします。
+$delivered_items"""
+
+DEFAULT_DELIVERED_ITEM = """\
+  ・$name（$size、$type）→ $output_name（$conversion）$removed
+      SHA-256 元: $sha256
+      SHA-256 後: $output_sha256"""
 
 
 class NoticeConfig(Strict):
@@ -146,6 +161,23 @@ class NoticeConfig(Strict):
     template: str = DEFAULT_NOTICE
     held_section: str = DEFAULT_HELD_SECTION
     held_item: str = DEFAULT_HELD_ITEM
+    # Every attachment that crosses in a converted form, with what was done and removed; "" turns
+    # the section off. At most max_listed items per section; the rest are counted.
+    delivered_section: str = DEFAULT_DELIVERED_SECTION
+    delivered_item: str = DEFAULT_DELIVERED_ITEM
+    max_listed: int = Field(default=50, gt=0)
+    conversions: dict[str, str] = Field(
+        default_factory=lambda: {
+            "pdf-rasterized": "PDF を画像にして作り直し",
+            "pdf-sanitized": "PDF からスクリプト等を除去",
+            "image-reencoded": "画像を作り直し、メタデータを削除",
+            "office-disarmed": "マクロ・埋め込み・外部リンクを除去",
+            "archive-repacked": "展開して中身を無害化し、ZIP で作り直し",
+            "calendar-converted": "予定表をテキストに変換",
+            "html-converted": "HTML をテキストに変換",
+            "text-reencoded": "テキストを UTF-8 で作り直し",
+        }
+    )
     converted_html: str = "・HTML 形式の本文をテキストに変換しました。"
     converted_rtf: str = "・リッチテキスト形式の本文をテキストに変換しました。"
     urls_defanged: str = "・本文中の URL $count 件をクリックできない形式に変えました（hxxp, [.]）。"
@@ -155,7 +187,8 @@ class NoticeConfig(Strict):
         "位置情報などのメタデータ削除、Office 文書のマクロ・埋め込みオブジェクト・外部リンクの削除）。"
     )
     calendar_converted: str = (
-        "・予定表ファイル（.ics）$count 件を読める文字だけのテキストに変換しました（予定表には取り込めません）。"
+        "・予定表ファイル（.ics）$count 件を読める文字だけのテキストに変換しました"
+        "（予定表には取り込めません）。"
     )
     archives_repacked: str = (
         "・圧縮ファイル $count 件を展開し、中のファイルを無害化して ZIP 形式で作り直しました。"

@@ -102,6 +102,11 @@ class PartRecord:
     charset: str | None = None
     error: str | None = None
     mismatch: str | None = None  # declared type / extension / detected type disagree (suspicious)
+    # What was delivered in the part's place (REPLACE / PASS): its name, type and how it was made
+    # (the filter's first note, e.g. "pdf-rasterized"), for the notice and the report.
+    output_filename: str | None = None
+    output_type: str | None = None
+    conversion: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -120,4 +125,7 @@ class PartRecord:
             "charset": self.charset,
             "error": self.error,
             "mismatch": self.mismatch,
+            "output_filename": self.output_filename,
+            "output_type": self.output_type,
+            "conversion": self.conversion,
         }

@@ -199,6 +199,7 @@ class Pipeline:
         # URLs made safe anywhere (forwarded bodies, converted attachments) count in the notice.
         defanged += collected.notes.pop("urls-defanged", 0)
         held = [r for r in collected.records if r.action == Action.HOLD]
+        delivered = _delivered_attachments(collected.records)
         actions = _actions_summary(collected.notes, defanged, collected.records)
         notice = ""
         if self.config.notice.enabled:
@@ -207,6 +208,7 @@ class Pipeline:
                 queue_id=envelope.queue_id,
                 conversions=_conversion_lines(self.config, collected.notes, defanged),
                 held=held,
+                delivered=delivered,
             )
         full_text = (notice + "\n" if notice else "") + body_text
         out = compose_message(
@@ -264,6 +266,19 @@ def _actions_summary(notes: Counter[str], defanged: int, records: Sequence[PartR
     if dropped:
         items.append(f"parts-dropped={dropped}")
     return "; ".join(items)
+
+
+def _delivered_attachments(records: Sequence[PartRecord]) -> list[PartRecord]:
+    """Attachments that reach LGWAN in a converted form. Members of an archive that was held in
+    the end (e.g. its repacked zip was over a cap) did not, whatever their own verdict said."""
+    held = [r.part_id + ":" for r in records if r.action == Action.HOLD]
+    return [
+        r
+        for r in records
+        if r.role == Role.ATTACHMENT.value
+        and r.action in (Action.REPLACE, Action.PASS)
+        and not r.part_id.startswith(tuple(held))
+    ]
 
 
 def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -> list[str]:
@@ -537,8 +552,14 @@ class _Walk:
         )
         if verdict.action is Action.REPLACE and verdict.output is not None:
             record.output_sha256 = sha256(verdict.output.data)
+            record.output_filename = verdict.output.filename
+            record.output_type = verdict.output.content_type
         elif verdict.action is Action.PASS:
             record.output_sha256 = part.sha256
+            record.output_filename = part.untrusted_filename
+            record.output_type = part.detected_type
+        if verdict.action in (Action.REPLACE, Action.PASS, Action.TEXT) and verdict.notes:
+            record.conversion = verdict.notes[0]
         return record
 
     def _apply(

@@ -189,3 +189,21 @@ def test_the_fixture_invitation() -> None:
     assert "件名: ①住民説明会（髙﨑地区）" in text
     assert "場所: ㈱髙﨑商事 会議室" in text
     assert "住民説明会のご案内です。" in body(result)
+
+
+def test_the_notice_lists_what_was_converted_with_both_hashes() -> None:
+    import hashlib
+
+    raw = (FIXTURES / "outlook-invite-iso2022jp.eml").read_bytes()
+    result = run(raw)
+    record = next(r for r in result.records if r.filter == "calendar")
+    src = email.message_from_bytes(raw, policy=email.policy.default)
+    ics = next(p for p in src.walk() if p.get_content_type() == "text/calendar").get_payload(decode=True)
+    assert record.sha256 == hashlib.sha256(ics).hexdigest()
+    (converted,) = attachments(result).values()
+    notice = body(result)
+    assert "・invite.ics（" in notice and "→ invite.ics.txt（予定表をテキストに変換） 除去: alarm=1" in notice
+    assert f"SHA-256 元: {record.sha256}" in notice
+    assert f"SHA-256 後: {hashlib.sha256(converted.encode('utf-8')).hexdigest()}" in notice
+    assert result.report["parts"][-1]["output_filename"] == "invite.ics.txt"
+    assert result.report["parts"][-1]["conversion"] == "calendar-converted"

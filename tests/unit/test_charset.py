@@ -635,7 +635,7 @@ def test_fixture_rtf_body() -> None:
 
 def test_every_fixture_is_crlf_and_parses() -> None:
     names = sorted(p.name for p in FIXTURES.glob("*.eml"))
-    assert len(names) == 19
+    assert len(names) == 20
     for name in names:
         raw = (FIXTURES / name).read_bytes()
         assert b"\n" not in raw.replace(b"\r\n", b""), name

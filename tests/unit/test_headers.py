@@ -401,6 +401,7 @@ FIXTURE_HEADERS: dict[str, tuple[str, str, list[str]]] = {
         [],
     ),
     "rtf-body-cp932.eml": ("見積書送付", "somebody@example.jp", []),
+    "outlook-invite-iso2022jp.eml": ("①住民説明会のご案内", "広報課 <kouhou@example.jp>", ["invite.ics"]),
     "subject-split-broken-mua.eml": (
         "【至急】来庁者駐車場の利用制限について",
         "総務課 髙﨑 <somebody@example.jp>",
