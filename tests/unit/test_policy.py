@@ -161,3 +161,53 @@ def test_output_mail_of_policy_hold_names_the_reason() -> None:
     assert body is not None
     text = body.get_content()
     assert "setup.msi" in text and "実行ファイルやスクリプトは受け取らない設定になっているため" in text
+
+
+# -- "everything else": what has no safe form is held, by name and by content -----------------------
+
+EXECUTABLE_NAMES = [
+    "請求書.exe", "invoice.scr", "ショートカット.lnk", "disk.iso", "disk.img", "disk.vhd", "disk.vhdx",
+    "notes.one", "help.chm", "app.hta", "run.js", "run.jse", "run.vbs", "run.vbe", "run.wsf", "run.ps1",
+    "run.bat", "run.cmd", "tool.jar", "setup.msi", "settings.reg", "link.url", "lib.dll", "panel.cpl",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXECUTABLE_NAMES)
+def test_shipped_rules_hold_everything_executable_by_name(name: str) -> None:
+    config = load_config(REPO / "config" / "detox.toml")
+    record = attachment_record(run(config, mail(name, b"harmless bytes", "application", "octet-stream")))
+    assert (record["action"], record["reason"]) == ("hold", "executable"), record
+
+
+def _iso9660() -> bytes:
+    image = bytearray(0x8800)
+    image[0x8000:0x8006] = b"\x01CD001"
+    return bytes(image)
+
+
+def _jar() -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nMain-Class: Evil\r\n")
+        zf.writestr("Evil.class", b"\xca\xfe\xba\xbe" + b"\x00" * 60)
+    return buf.getvalue()
+
+
+SHORTCUT = bytes.fromhex("4c0000000114020000000000c000000000000046") + b"\x00" * 56
+ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x02\x00\x3e\x00" + b"\x00" * 44
+
+
+@pytest.mark.parametrize(
+    ("label", "data"),
+    [("shortcut", SHORTCUT), ("iso9660", _iso9660()), ("elf", ELF), ("jar", _jar())],
+)
+def test_executable_content_under_an_innocent_name_never_crosses(label: str, data: bytes) -> None:
+    config = load_config(REPO / "config" / "detox.toml")
+    result = run(config, mail("資料.txt", data, "text", "plain"))
+    records = [r for r in result.records if r.role == "attachment"]
+    assert [(r.action, r.reason) for r in records] == [("hold", "executable")], label
+    out = email.message_from_bytes(result.output, policy=email.policy.default)
+    assert isinstance(out, EmailMessage)
+    assert not list(out.iter_attachments())
