@@ -47,6 +47,8 @@ _BINARY_MAGIC = (
     b"7z\xbc\xaf",
     b"\x1f\x8b",
 )
+# Names a text attachment may keep: nothing Windows or a browser executes or renders.
+_TEXT_EXTENSIONS = frozenset({"txt", "text", "csv", "tsv", "log", "md", "dat", "prn"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
@@ -177,6 +179,10 @@ class TextAttachmentFilter(Filter):
         ctype = "text/csv" if is_csv else "text/plain"
         suffix = ".csv" if is_csv else ".txt"
         name = part.untrusted_filename or f"attachment{suffix}"
+        if part.extension not in _TEXT_EXTENSIONS:
+            # A script declared as text/plain (run.vbs, setup.bat, a.hta) is text, but Windows runs it
+            # by its name on a double click: it crosses as run.vbs.txt.
+            name += suffix
         return Verdict(
             Action.REPLACE,
             output=Output(ctype, data, name, "utf-8"),

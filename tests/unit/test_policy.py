@@ -211,3 +211,18 @@ def test_executable_content_under_an_innocent_name_never_crosses(label: str, dat
     out = email.message_from_bytes(result.output, policy=email.policy.default)
     assert isinstance(out, EmailMessage)
     assert not list(out.iter_attachments())
+
+
+@pytest.mark.parametrize(
+    ("name", "crosses_as"),
+    [("run.vbs", "run.vbs.txt"), ("setup.bat", "setup.bat.txt"), ("a.hta", "a.hta.txt"), ("a.js", "a.js.txt"),
+     ("noext", "noext.txt"), ("メモ.txt", "メモ.txt"), ("log.log", "log.log")],
+)  # fmt: skip
+def test_a_script_declared_as_text_never_keeps_a_runnable_name(name: str, crosses_as: str) -> None:
+    """Without the shipped policy rules (built-in defaults only), text is re-encoded, renamed safely."""
+    result = run(DetoxConfig(), mail(name, b'WScript.Echo "hi"\r\n', "text", "plain"))
+    (record,) = [r for r in result.records if r.role == "attachment"]
+    assert (record.action, record.output_filename) == ("replace", crosses_as)
+    out = email.message_from_bytes(result.output, policy=email.policy.default)
+    assert isinstance(out, EmailMessage)
+    assert [a.get_filename() for a in out.iter_attachments()] == [crosses_as]
