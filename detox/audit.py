@@ -1,26 +1,51 @@
-"""The audit trail: one JSON line per stage of every message, hash-chained.
+"""The audit trail: one JSON line per event, hash-chained across size-rotated files.
 
-Each record carries ``prev``, the SHA-256 of the previous line's bytes, so an edited, deleted,
-inserted or reordered line breaks the chain. Appends take an exclusive ``flock`` so the server and
-the CLI can both write; the writer re-reads the tail when another process appended meanwhile.
+Each record carries ``prev``, the SHA-256 of the previous line's bytes (newline included; 64 zeros
+for the very first record), so an edited, deleted, inserted or reordered line breaks the chain.
+
+Rotation keeps one chain: when ``audit.jsonl`` reaches ``audit.rotate_bytes`` it is renamed to
+``audit-000001.jsonl`` (then ``-000002`` ...), and the first record of the new ``audit.jsonl`` is a
+``rotated`` record naming that file, whose ``prev`` is the hash of its last line.
+
+Writers (``serve`` and the admin CLI) serialise on an ``flock`` of a separate lock file that is never
+renamed, so rotation by one process cannot race an append by another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from detox.errors import AuditError
+
+if TYPE_CHECKING:
+    from detox.config.schema import DetoxConfig
 
 GENESIS = "0" * 64
+ROTATED = "rotated"
+
+
+def to_rfc3339(when: datetime) -> str:
+    """UTC, milliseconds, ``Z``: the form of every time in the audit log and the index (sortable)."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return to_rfc3339(datetime.now(UTC))
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
 
 
 def _last_line_hash(path: Path) -> str:
@@ -43,59 +68,349 @@ def _last_line_hash(path: Path) -> str:
                 if data.count(b"\n") >= 2 or pos == 0:
                     break
             lines = data.rstrip(b"\n").split(b"\n")
-            return hashlib.sha256(lines[-1] + b"\n").hexdigest()
+            return line_hash(lines[-1] + b"\n")
     except FileNotFoundError:
         return GENESIS
 
 
+def segment_paths(path: Path) -> list[Path]:
+    """The rotated files of ``path`` (``audit-000001.jsonl`` ...), oldest first."""
+    pattern = re.compile(rf"{re.escape(path.stem)}-(\d+){re.escape(path.suffix)}")
+    found: list[tuple[int, Path]] = []
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            match = pattern.fullmatch(candidate.name)
+            if match:
+                found.append((int(match.group(1)), candidate))
+    return [p for _, p in sorted(found)]
+
+
+def chain_files(path: Path) -> list[Path]:
+    """Every file of the chain that ends in ``path``, oldest first."""
+    files = segment_paths(path)
+    if path.exists():
+        files.append(path)
+    return files
+
+
 class AuditLog:
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0) -> None:
         self.path = path
         self.fsync = fsync
+        self.rotate_bytes = rotate_bytes
+        self.lock_path = path.parent / f".{path.name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._prev = GENESIS
-        self._known_size = -1
+        # (inode, size, hash of the last line) of the current file after our last append: another
+        # writer or a rotation changes inode or size, and then the tail is read again.
+        self._tail: tuple[int, int, str] | None = None
+
+    @classmethod
+    def from_config(cls, config: DetoxConfig) -> AuditLog:
+        return cls(
+            config.state_path("audit", "audit.jsonl"),
+            fsync=config.storage.fsync,
+            rotate_bytes=config.audit.rotate_bytes,
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.lock_path, "ab") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _fsync_dir(self) -> None:
+        if self.fsync:
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _maybe_rotate(self) -> None:
+        if not self.rotate_bytes:
+            return
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self.rotate_bytes:
+            return
+        segments = segment_paths(self.path)
+        number = int(segments[-1].stem.rpartition("-")[2]) + 1 if segments else 1
+        target = self.path.with_name(f"{self.path.stem}-{number:06d}{self.path.suffix}")
+        os.rename(self.path, target)
+        self._fsync_dir()
+        self._tail = None
+
+    def _append(self, fh: Any, record: dict[str, Any], size: int) -> tuple[str, int]:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        fh.write(line)
+        fh.flush()
+        if self.fsync:
+            os.fsync(fh.fileno())
+        return line_hash(line), size + len(line)
 
     def write(self, event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Append one record (fsync'd). Raises OSError: callers decide whether that is fatal."""
         record: dict[str, Any] = {"ts": now_rfc3339(), "event": event}
         if queue_id is not None:
             record["queue_id"] = queue_id
         record.update(fields)
-        with open(self.path, "ab") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                size = os.fstat(fh.fileno()).st_size
-                if size != self._known_size:
-                    self._prev = _last_line_hash(self.path)
-                record["prev"] = self._prev
-                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-                fh.write(line)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-                self._prev = hashlib.sha256(line).hexdigest()
-                self._known_size = size + len(line)
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with self._locked():
+            self._maybe_rotate()
+            with open(self.path, "ab") as fh:
+                st = os.fstat(fh.fileno())
+                size = st.st_size
+                if size == 0:
+                    segments = segment_paths(self.path)
+                    prev = _last_line_hash(segments[-1]) if segments else GENESIS
+                    if segments:
+                        # The link to the previous file, written by whoever writes first after rotation.
+                        link = {"ts": record["ts"], "event": ROTATED, "previous_file": segments[-1].name}
+                        link["prev"] = prev
+                        prev, size = self._append(fh, link, size)
+                elif self._tail is not None and self._tail[:2] == (st.st_ino, size):
+                    prev = self._tail[2]
+                else:
+                    prev = _last_line_hash(self.path)
+                record["prev"] = prev
+                digest, size = self._append(fh, record, size)
+                self._tail = (st.st_ino, size, digest)
         return record
 
 
+# -- reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of the chain: where it is, its bytes' hash and the parsed record."""
+
+    file: Path
+    line_no: int
+    digest: str
+    record: dict[str, Any]
+
+
+def iter_entries(files: Sequence[Path]) -> Iterator[Entry]:
+    """Records of the given files in order; lines that are not JSON objects are skipped."""
+    for path in files:
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield Entry(path, number, line_hash(line), record)
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    with open(path, "rb") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Every record of the chain ending in ``path`` (rotated files included), oldest first."""
+    return [e.record for e in iter_entries(chain_files(path))]
 
 
-def verify(path: Path) -> tuple[bool, str]:
-    """Check the chain; return (ok, message naming the first broken line)."""
-    prev = GENESIS
+def tail(path: Path, count: int) -> list[bytes]:
+    """The last ``count`` lines of the chain (reading rotated files only when needed)."""
+    lines: list[bytes] = []
+    for file in reversed(chain_files(path)):
+        with open(file, "rb") as fh:
+            lines = fh.read().splitlines(keepends=True) + lines
+        if len(lines) >= count:
+            break
+    return lines[-count:] if count else []
+
+
+def follow(
+    path: Path,
+    emit: Callable[[bytes], None],
+    *,
+    interval: float = 0.5,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Emit lines appended to ``path`` from now on, following rotation (``tail -F``)."""
+    fh = None
+    inode = -1
+    skip_existing = path.exists()  # what is there now was shown already (tail); a new file is read whole
+    try:
+        while stop is None or not stop():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_ino != inode:
+                if fh is not None:
+                    for line in fh:  # what the old file got after our last read
+                        emit(line)
+                    fh.close()
+                fh = open(path, "rb")  # noqa: SIM115 - kept open across polls
+                if skip_existing:
+                    fh.seek(0, os.SEEK_END)
+                    skip_existing = False
+                inode = os.fstat(fh.fileno()).st_ino  # the file opened, even if rotated meanwhile
+            if fh is not None:
+                pending = b""
+                for line in fh:
+                    if not line.endswith(b"\n"):  # a write in progress: read it whole next time
+                        pending = line
+                        break
+                    emit(line)
+                if pending:
+                    fh.seek(-len(pending), os.SEEK_CUR)
+            time.sleep(interval)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class VerifyResult:
+    ok: bool
+    message: str
+    files: list[Path] = field(default_factory=list)
+    records: int = 0
+    head: str = GENESIS  # hash of the last line: note it, and pass it as --anchor next time
+    last_ts: str | None = None
+
+
+def _where(position: tuple[Path, int]) -> str:
+    return f"{position[0].name} line {position[1]}"
+
+
+def _find_line(files: Sequence[Path], digest: str) -> tuple[int, Path, int] | None:
+    """(global index, file, line number) of the line whose hash is ``digest``."""
+    index = 0
+    for path in files:
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if line_hash(line) == digest:
+                    return index, path, number
+                index += 1
+    return None
+
+
+def _lines(files: Sequence[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    for path in files:
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                yield path, number, line
+
+
+def _prev_of(line: bytes) -> object:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("prev") if isinstance(record, dict) else None
+
+
+def _diagnose(
+    files: Sequence[Path],
+    index: int,
+    here: tuple[Path, int],
+    before: tuple[Path, int, str] | None,
+    wanted: object,
+    following: tuple[Path, int, bytes] | None,
+) -> str:
+    """Say what most likely happened at the first broken link (a second pass, only on failure)."""
+    where = _where(here)
+    if not isinstance(wanted, str) or len(wanted) != 64:
+        return f"{where}: chain broken: its prev field is missing or damaged (the line was edited)"
+    if wanted == GENESIS:
+        return f"{where}: chain broken: a new chain starts here (lines before it were replaced or spliced in)"
+    found = _find_line(files, wanted)
+    if found is not None and found[0] > index:
+        return (
+            f"{where}: chain broken: the line is out of order, it belongs right after "
+            f"{_where(found[1:])} (lines were reordered)"
+        )
+    if before is not None and following is not None and _prev_of(following[2]) == before[2]:
+        return f"{where}: chain broken: this line was inserted (the next line follows {_where(before[:2])})"
+    if found is not None:
+        _, path, number = found
+        if before is not None:
+            return (
+                f"{where}: chain broken: the line(s) after {_where((path, number))} up to "
+                f"{_where(before[:2])} were inserted (or this line was moved)"
+            )
+    if before is None:
+        return f"{where}: chain broken: the lines before it are missing (the log was cut at its start)"
+    if here[1] == 1:
+        return (
+            f"{where}: chain broken: it does not continue {before[0].name} — its last line was "
+            "edited or removed, or a rotated file between them is missing"
+        )
+    return (
+        f"{where}: chain broken: {_where(before[:2])} was edited, or lines were deleted between "
+        f"{_where(before[:2])} and {where}"
+    )
+
+
+def verify_files(files: Sequence[Path], *, anchor: str | None = None) -> VerifyResult:
+    """Check one chain made of ``files`` (oldest first); name the first broken link."""
     started = time.monotonic()
-    with open(path, "rb") as fh:
-        for number, line in enumerate(fh, 1):
+    result = VerifyResult(ok=False, message="", files=list(files))
+    if not files:
+        result.message = "no audit log found"
+        return result
+    prev = GENESIS
+    before: tuple[Path, int, str] | None = None
+    anchor_seen = anchor is None
+    index = 0
+    try:
+        lines = _lines(files)
+        for path, number, line in lines:
+            here = (path, number)
             try:
                 record = json.loads(line)
             except ValueError:
-                return False, f"line {number}: not a JSON record"
-            if record.get("prev") != prev:
-                return False, f"line {number}: chain broken (edited, deleted, inserted or reordered line)"
-            prev = hashlib.sha256(line).hexdigest()
-    return True, f"ok: {path} intact ({time.monotonic() - started:.2f}s)"
+                record = None
+            if not isinstance(record, dict) or not line.endswith(b"\n"):
+                result.message = f"{_where(here)}: not a complete JSON record (edited or damaged line)"
+                return result
+            wanted = record.get("prev")
+            if index == 0 and record.get("event") == ROTATED and wanted != GENESIS:
+                missing = record.get("previous_file", "the previous file")
+                result.message = (
+                    f"{_where(here)}: the chain continues {missing}, which is missing "
+                    "(keep rotated files next to the log to verify it)"
+                )
+                return result
+            if wanted != prev:
+                following = next(lines, None)
+                result.message = _diagnose(files, index, here, before, wanted, following)
+                return result
+            prev = line_hash(line)
+            anchor_seen = anchor_seen or prev == anchor
+            ts = record.get("ts")
+            result.last_ts = ts if isinstance(ts, str) else result.last_ts
+            before = (path, number, prev)
+            index += 1
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit log: {exc}") from exc
+    result.records = index
+    result.head = prev
+    if not anchor_seen:
+        result.message = (
+            f"the record {anchor} noted earlier is no longer in the chain: "
+            "records at the end were removed, or the log was rewritten"
+        )
+        return result
+    result.ok = True
+    result.message = (
+        f"ok: {index} records in {len(files)} file(s) intact ({time.monotonic() - started:.2f}s); "
+        f"last record {result.last_ts or '-'}; head {prev}"
+    )
+    return result
+
+
+def verify(path: Path, *, anchor: str | None = None) -> tuple[bool, str]:
+    """Check the whole chain ending in ``path`` (rotated files included); (ok, message)."""
+    result = verify_files(chain_files(path), anchor=anchor)
+    return result.ok, result.message

@@ -1,33 +1,32 @@
-"""The ``detox`` command: serve, scan, check-config, filters.
+"""The ``detox`` command: serve, scan, check-config, filters, quarantine, audit.
 
-Exit codes: 0 success; 2 usage or configuration error; 1 internal error.
+Exit codes: 0 success; 1 internal error (and ``audit verify``: the chain is broken); 2 usage or
+configuration error, or an operation refused by a rule; 3 the named message, part or log does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import email.policy
-import email.utils
 import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from detox import __version__
-from detox.audit import now_rfc3339
+from detox.cli_admin import register, scan_summary
 from detox.config.loader import load_config, parse_deliver_to, parse_listen
 from detox.config.schema import DetoxConfig
-from detox.envelope import Envelope
-from detox.errors import ConfigError, DetoxError
+from detox.dryrun import is_multi, scan_envelope
+from detox.errors import ConfigError, DetoxError, NotFoundError, RefusedError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
 DEFAULT_CONFIG = "/etc/detox/detox.toml"
 
 log = logging.getLogger("detox")
@@ -83,32 +82,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- scan -----------------------------------------------------------------------------------------
 
 
-def _scan_envelope(raw: bytes, mail_from: str | None, rcpts: Sequence[str]) -> Envelope:
-    from detox.spool import new_queue_id
-
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-
-    def addresses(name: str) -> list[str]:
-        values = [str(v) for v in headers.get_all(name, [])]
-        return [a for _, a in email.utils.getaddresses(values) if a]
-
-    sender = (
-        mail_from if mail_from is not None else next(iter(addresses("Return-Path") + addresses("From")), "")
-    )
-    recipients = tuple(rcpts) or tuple(addresses("To") + addresses("Cc"))
-    return Envelope(
-        queue_id=new_queue_id(),
-        mail_from=sender,
-        rcpt_tos=recipients,
-        client_address="",
-        helo="detox-scan",
-        received_at=now_rfc3339(),
-    )
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args.config))
     _setup_logging(config)
+    source = Path(args.input)
+    if args.input != "-" and not source.exists():
+        print(f"detox scan: {args.input}: no such file or directory", file=sys.stderr)
+        return EXIT_USAGE
+    if args.summary:
+        if args.input == "-":
+            print("detox scan: --summary needs a file, directory, mbox or Maildir", file=sys.stderr)
+            return EXIT_USAGE
+        return scan_summary(config, source, args.jobs, args.report)
+    if is_multi(source):
+        print(f"detox scan: {args.input} holds many messages: add --summary", file=sys.stderr)
+        return EXIT_USAGE
     try:
         raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
     except OSError as exc:
@@ -116,7 +104,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from detox.pipeline.runner import Pipeline
 
-    result = Pipeline(config).run(raw, _scan_envelope(raw, args.mail_from, args.rcpt or ()))
+    result = Pipeline(config).run(raw, scan_envelope(raw, args.mail_from, args.rcpt or ()))
     # The relay writes Maildir files with LF line endings; scan prints the same form.
     output = result.output.replace(b"\r\n", b"\n")
     if args.output and args.output != "-":
@@ -168,13 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    scan = sub.add_parser("scan", help="detoxify one message offline (same pipeline as the relay)")
-    scan.add_argument("input", help="message file, or - for standard input")
+    scan = sub.add_parser(
+        "scan", help="detoxify one message offline, or (--summary) dry-run a directory, mbox or Maildir"
+    )
+    scan.add_argument(
+        "input", help="message file or - (stdin); with --summary also a directory, mbox, Maildir"
+    )
     scan.add_argument("--config")
     scan.add_argument("--output", help="where to write the detoxified message (default: stdout)")
     scan.add_argument("--report", help="write the JSON report of every decision here (- = stderr)")
     scan.add_argument("--mail-from", help="envelope sender (default: from the headers)")
     scan.add_argument("--rcpt", action="append", help="envelope recipient (repeatable)")
+    scan.add_argument(
+        "--summary",
+        action="store_true",
+        help="print what the policy would do to each message (delivers nothing)",
+    )
+    scan.add_argument("--jobs", type=int, default=1, help="with --summary: processes to use (default 1)")
     scan.set_defaults(func=cmd_scan)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
@@ -184,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     filters = sub.add_parser("filters", help="list installed filters and the pipeline order")
     filters.add_argument("--config")
     filters.set_defaults(func=cmd_filters)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML file (default: $DETOX_CONFIG or /etc/detox/detox.toml)")
+    common.set_defaults(load_config=lambda path: load_config(_config_path(path)))
+    register(sub, common)
     return parser
 
 
@@ -195,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"detox: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RefusedError as exc:
+        print(f"detox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFoundError as exc:
+        print(f"detox: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except DetoxError as exc:
         print(f"detox: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

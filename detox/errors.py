@@ -72,3 +72,15 @@ def map_exceptions(mapping: Mapping[type[BaseException], type[DetoxError]]) -> I
 
 class PipelineTempFail(DetoxError):
     """A filter asked (via ``on_error = "tempfail"``) to retry the whole message later."""
+
+
+class NotFoundError(DetoxError):
+    """A queue id, hold id or file the admin named does not exist (exit code 3)."""
+
+
+class RefusedError(DetoxError):
+    """An admin operation was refused by a rule: nothing held, two-person rule, foreign recipient."""
+
+
+class AuditError(DetoxError):
+    """The audit log could not be written or read."""

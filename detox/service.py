@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_PIPELINE_ATTEMPTS = 5
 PURGE_INTERVAL_S = 3600.0
+RELEASE_POLL_S = 1.0  # how soon a `detox quarantine release` made while serving is picked up
 
 
 class Service:
@@ -45,7 +46,7 @@ class Service:
         self.listen = listen
         self.spool = Spool(config.state_path("spool"), fsync=config.storage.fsync)
         self.store = Store(config.state_path(), fsync=config.storage.fsync)
-        self.audit = AuditLog(config.state_path("audit", "audit.jsonl"), fsync=config.storage.fsync)
+        self.audit = AuditLog.from_config(config)
         self.deliverer: Deliverer = make_deliverer(deliver_to, config)
         self.workers = config.pipeline.workers or os.cpu_count() or 1
         self._executor: ProcessPoolExecutor | None = None
@@ -78,6 +79,7 @@ class Service:
         for _ in range(self.config.delivery.connections):
             self._tasks.append(asyncio.create_task(self._delivery_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
+        self._tasks.append(asyncio.create_task(self._release_loop()))
         host, port = self.listen
         self.server = await start_listener(self.config, handler, host, port)
         log.info("detox listening on %s:%d, %d pipeline workers", host, port, self.workers)
@@ -101,6 +103,7 @@ class Service:
     def _recover(self) -> None:
         """Resume from the spool: undetoxified entries to the pipeline, the rest to delivery."""
         resumed = 0
+        self.spool.adopt_released()  # releases made while we were stopped: now ordinary outgoing
         for queue_id in self.spool.incoming_ids():
             if self.spool.has_state(queue_id):  # crashed after hand-off, before clean-up
                 self.spool.finish_incoming(queue_id)
@@ -289,6 +292,19 @@ class Service:
                 extra["next_attempt"] = state.next_attempt
                 extra["attempt"] = state.attempts
             self.audit.write(status.value, queue_id, recipients=details, **extra)
+
+    # -- releases from the admin CLI -------------------------------------------------------------
+
+    async def _release_loop(self) -> None:
+        """Adopt releases the CLI wrote to spool/released/; from then on they are ordinary deliveries."""
+        while True:
+            await asyncio.sleep(RELEASE_POLL_S)
+            try:
+                for queue_id in await asyncio.to_thread(self.spool.adopt_released):
+                    log.info("%s: release queued for delivery", queue_id)
+                    self._delivery_q.put_nowait(queue_id)
+            except Exception:
+                log.exception("picking up releases failed; will retry")
 
     # -- housekeeping -------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ Layout under ``<state_dir>/spool``::
     outgoing/ID.eml      the detoxified message (CRLF)
     outgoing/ID.json     its delivery state, per recipient
     failed/              entries moved aside (unreadable, or failing the pipeline again and again)
+    released/ID.eml      a release (``detox quarantine release``) written by the CLI; with its
+    released/ID.json     delivery state written last, ``serve`` moves both to outgoing/ and delivers
 
 Every write is temp file → fsync → rename → fsync of the directory, so after a crash a file is either
 complete or absent. Recovery is a directory listing: ``incoming`` still to detoxify, ``outgoing``
@@ -101,7 +103,8 @@ class Spool:
         self.incoming = root / "incoming"
         self.outgoing = root / "outgoing"
         self.failed = root / "failed"
-        for d in (self.tmp, self.incoming, self.outgoing, self.failed):
+        self.released = root / "released"
+        for d in (self.tmp, self.incoming, self.outgoing, self.failed, self.released):
             d.mkdir(parents=True, exist_ok=True)
 
     # -- low level ----------------------------------------------------------------------------
@@ -188,11 +191,47 @@ class Spool:
         (self.outgoing / f"{queue_id}.eml").unlink(missing_ok=True)
         self._fsync_dir(self.outgoing)
 
+    # -- releases from the admin CLI -------------------------------------------------------------
+
+    def stage_release(self, queue_id: str, data: bytes) -> None:
+        """First half of a release: the message, inert until its state file exists."""
+        self.write_atomic(self.released / f"{queue_id}.eml", [data])
+
+    def commit_release(self, state: DeliveryState) -> None:
+        """Second half: the state file makes the release visible to ``serve``."""
+        self.write_atomic(self.released / f"{state.queue_id}.json", [state.to_json()])
+
+    def discard_release(self, queue_id: str) -> None:
+        (self.released / f"{queue_id}.eml").unlink(missing_ok=True)
+        (self.released / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def adopt_released(self) -> list[str]:
+        """Move complete releases into outgoing/ (message first, state last); return their ids.
+
+        Run by ``serve`` (at start and then every second), so a release made while it runs is
+        delivered within a second, and one made while it is stopped at its next start.
+        """
+        adopted = []
+        for state_file in sorted(self.released.glob("*.json")):
+            queue_id = state_file.stem
+            message = self.released / f"{queue_id}.eml"
+            if message.exists():
+                os.replace(message, self.outgoing / message.name)
+            elif not (self.outgoing / message.name).exists():
+                self.move_aside(queue_id, "release without its message")
+                continue
+            self._fsync_dir(self.outgoing)  # the message is in place before its state appears
+            os.replace(state_file, self.outgoing / state_file.name)
+            self._fsync_dir(self.outgoing)
+            self._fsync_dir(self.released)
+            adopted.append(queue_id)
+        return adopted
+
     # -- aside ----------------------------------------------------------------------------------
 
     def move_aside(self, queue_id: str, why: str) -> None:
         """Never drop: move every file of the entry to ``failed/`` with a note of why."""
-        for directory in (self.incoming, self.outgoing):
+        for directory in (self.incoming, self.outgoing, self.released):
             for path in directory.glob(f"{queue_id}.*"):
                 os.replace(path, self.failed / path.name)
         note: dict[str, Any] = {"queue_id": queue_id, "why": why, "at": time.time()}

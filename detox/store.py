@@ -53,7 +53,40 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (queue_id, part_id)
 );
 CREATE INDEX IF NOT EXISTS parts_action ON parts(action);
+-- Second approvals under the two-person rule; a release uses (consumes) them.
+CREATE TABLE IF NOT EXISTS approvals (
+    id             INTEGER PRIMARY KEY,
+    queue_id       TEXT NOT NULL REFERENCES messages(queue_id) ON DELETE CASCADE,
+    part_id        TEXT NOT NULL,        -- '' = every held part of the message
+    approved_by    TEXT NOT NULL,
+    approved_at    TEXT NOT NULL,
+    os_user        TEXT NOT NULL,
+    release_id     TEXT                  -- the release that used it
+);
+CREATE TABLE IF NOT EXISTS releases (
+    release_id     TEXT PRIMARY KEY,     -- the queue id of the released mail
+    queue_id       TEXT NOT NULL REFERENCES messages(queue_id) ON DELETE CASCADE,
+    part_ids       TEXT NOT NULL,        -- JSON list
+    approved_by    TEXT NOT NULL,
+    second_approver TEXT,
+    reason         TEXT NOT NULL,
+    recipients     TEXT NOT NULL,        -- JSON list
+    released_at    TEXT NOT NULL,
+    os_user        TEXT NOT NULL
+);
 """
+# Columns added after the first release, with their type (ALTER TABLE ... ADD COLUMN on open).
+_ADDED_COLUMNS = {"messages": {"client_address": "TEXT", "helo": "TEXT"}}
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (queue_id, received_at, mail_from, rcpt_tos, header_from, subject, message_id, "
+    "sha256, size, actions, expires_at, client_address, helo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, case-insensitive for ASCII (escape: backslash)."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class Store:
@@ -114,6 +147,11 @@ class Store:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=30000")
             db.executescript(SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             db.row_factory = sqlite3.Row
             self._db = db
         return self._db
@@ -138,7 +176,7 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM messages WHERE queue_id = ?", (report["queue_id"],))
             db.execute(
-                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                _INSERT_MESSAGE,
                 (
                     report["queue_id"],
                     env["received_at"],
@@ -151,6 +189,8 @@ class Store:
                     msg["size"],
                     report["actions"],
                     expires,
+                    env.get("client_address"),
+                    env.get("helo"),
                 ),
             )
             db.executemany(
@@ -191,18 +231,99 @@ class Store:
     def purge_expired(self, now: float | None = None) -> int:
         """Delete index rows past retention and the originals nobody references any more."""
         now = time.time() if now is None else now
+        return len(self._delete_where("expires_at < ?", (now,)))
+
+    def purge_received_before(self, received_before: str) -> list[str]:
+        """Delete messages received before an RFC 3339 UTC time; return their queue ids."""
+        return self._delete_where("received_at < ?", (received_before,))
+
+    def delete_message(self, queue_id: str) -> bool:
+        return bool(self._delete_where("queue_id = ?", (queue_id,)))
+
+    def _delete_where(self, condition: str, args: tuple[Any, ...]) -> list[str]:
+        # Rows go first (in one transaction), files after: a crash in between leaves an
+        # unreferenced file, never a row pointing at nothing.
         with self.transaction() as db:
-            rows = db.execute("SELECT queue_id, sha256 FROM messages WHERE expires_at < ?", (now,)).fetchall()
-            db.execute("DELETE FROM messages WHERE expires_at < ?", (now,))
-            orphans = [
+            # ``condition`` is one of this module's constants; values are always bound parameters.
+            select = f"SELECT queue_id, sha256 FROM messages WHERE {condition}"  # noqa: S608
+            rows = db.execute(select, args).fetchall()
+            db.execute(f"DELETE FROM messages WHERE {condition}", args)  # noqa: S608
+            orphans = {
                 r["sha256"]
                 for r in rows
                 if db.execute("SELECT 1 FROM messages WHERE sha256 = ? LIMIT 1", (r["sha256"],)).fetchone()
                 is None
-            ]
+            }
         for sha in orphans:
             self.path_for(sha).unlink(missing_ok=True)
-        return len(rows)
+        return [r["queue_id"] for r in rows]
+
+    # -- quarantine queries -----------------------------------------------------------------
+
+    def find_messages(
+        self,
+        *,
+        since: str | None = None,
+        sender: str | None = None,
+        recipient: str | None = None,
+        reason: str | None = None,
+        held_only: bool = True,
+        limit: int = 0,
+    ) -> list[sqlite3.Row]:
+        """Messages, newest first. ``since`` is RFC 3339 UTC; the text filters match substrings."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since:
+            where.append("m.received_at >= ?")
+            args.append(since)
+        if sender:
+            where.append(
+                r"(lower(m.mail_from) LIKE ? ESCAPE '\'"
+                r" OR lower(coalesce(m.header_from, '')) LIKE ? ESCAPE '\')"
+            )
+            args += [_like(sender), _like(sender)]
+        if recipient:
+            where.append(r"lower(m.rcpt_tos) LIKE ? ESCAPE '\'")
+            args.append(_like(recipient))
+        part_conditions = ["p.queue_id = m.queue_id"]
+        if held_only:
+            part_conditions.append("p.action = 'hold'")
+        if reason:
+            part_conditions.append(r"lower(p.reason) LIKE ? ESCAPE '\'")
+            args.append(_like(reason))
+        if held_only or reason:
+            # Built from the constant conditions above; every value is a bound parameter.
+            where.append(f"EXISTS (SELECT 1 FROM parts p WHERE {' AND '.join(part_conditions)})")  # noqa: S608
+        sql = "SELECT * FROM messages m"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY m.received_at DESC, m.queue_id DESC"
+        if limit > 0:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def add_approval(
+        self, queue_id: str, part_id: str, approved_by: str, approved_at: str, os_user: str
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO approvals (queue_id, part_id, approved_by, approved_at, os_user)"
+                " VALUES (?,?,?,?,?)",
+                (queue_id, part_id, approved_by, approved_at, os_user),
+            )
+
+    def approvals(self, queue_id: str) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(
+                "SELECT * FROM approvals WHERE queue_id = ? ORDER BY id", (queue_id,)
+            ).fetchall()
+
+    def releases(self, queue_id: str) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(
+                "SELECT * FROM releases WHERE queue_id = ? ORDER BY released_at", (queue_id,)
+            ).fetchall()
 
     def close(self) -> None:
         if self._db is not None:

@@ -72,10 +72,10 @@ def _copy_headers(original: Message, out: EmailMessage) -> None:
         value = _clean(decode_header_value(str(raw)))
         if not value:
             continue
-        _set_header(out, canonical, value)
+        set_header(out, canonical, value)
 
 
-def _set_header(out: EmailMessage, name: str, value: str) -> None:
+def set_header(out: EmailMessage, name: str, value: str) -> None:
     """Set a header; if the structured parser rejects the value, keep it as RFC 2047 text."""
     try:
         out[name] = value
@@ -152,7 +152,7 @@ def compose_message(
     if "Date" not in out:
         out["Date"] = email.utils.format_datetime(email.utils.localtime())
     if "From" not in out and envelope.mail_from:
-        _set_header(out, "From", _clean(envelope.mail_from))
+        set_header(out, "From", _clean(envelope.mail_from))
     out["X-Detox-Id"] = envelope.queue_id
     out["X-Detox-Actions"] = actions
     out["MIME-Version"] = "1.0"

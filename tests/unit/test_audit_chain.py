@@ -1,0 +1,200 @@
+"""The audit chain across size-rotated files: every kind of tampering is named, an untouched log passes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from detox.audit import (
+    GENESIS,
+    ROTATED,
+    AuditLog,
+    chain_files,
+    follow,
+    line_hash,
+    read_records,
+    tail,
+    verify,
+    verify_files,
+)
+
+
+def write_log(path: Path, n: int, rotate_bytes: int = 0) -> AuditLog:
+    log = AuditLog(path, fsync=False, rotate_bytes=rotate_bytes)
+    for i in range(n):
+        log.write("received", f"Q{i:04d}", subject="①見積書（㈱髙橋）", size=i)
+    return log
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.fixture
+def rotated(tmp_path: Path) -> Path:
+    """About 40 records in several files (each record is ~190 bytes; rotate at 1 KB)."""
+    path = tmp_path / "audit" / "audit.jsonl"
+    write_log(path, 40, rotate_bytes=1024)
+    return path
+
+
+def test_rotation_keeps_one_chain(rotated: Path) -> None:
+    files = chain_files(rotated)
+    assert len(files) >= 4
+    assert [f.name for f in files[:2]] == ["audit-000001.jsonl", "audit-000002.jsonl"]
+    assert files[-1] == rotated
+    first = json.loads(lines_of(files[0])[0])
+    assert first["prev"] == GENESIS
+    for before, after in itertools.pairwise(files):
+        link = json.loads(lines_of(after)[0])
+        assert link["event"] == ROTATED and link["previous_file"] == before.name
+        assert link["prev"] == line_hash(lines_of(before)[-1])
+    ok, message = verify(rotated)
+    assert ok, message
+    assert "intact" in message and f"{len(files)} file(s)" in message
+    records = [r for r in read_records(rotated) if r["event"] == "received"]
+    assert [r["queue_id"] for r in records] == [f"Q{i:04d}" for i in range(40)]
+
+
+def test_untouched_single_file_passes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 5)
+    result = verify_files([path])
+    assert result.ok and result.records == 5 and result.head == line_hash(lines_of(path)[-1])
+
+
+def _tamper(path: Path, change: str, index: int) -> None:
+    lines = lines_of(path)
+    if change == "edit":
+        lines[index] = lines[index].replace(b'"size":', b'"size":1')
+    elif change == "delete":
+        del lines[index]
+    elif change == "insert":
+        forged = {"ts": "2026-11-25T00:00:00.000Z", "event": "released", "prev": line_hash(lines[index - 1])}
+        lines.insert(index, json.dumps(forged).encode() + b"\n")
+    elif change == "insert-garbage-prev":
+        lines.insert(index, b'{"event":"released","prev":"' + b"1" * 64 + b'"}\n')
+    elif change == "reorder":
+        lines[index], lines[index + 1] = lines[index + 1], lines[index]
+    elif change == "not-json":
+        lines[index] = b"hello\n"
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("edit", "audit.jsonl line 4: chain broken: audit.jsonl line 3 was edited"),
+        ("delete", "audit.jsonl line 3: chain broken: audit.jsonl line 2 was edited, or lines were deleted"),
+        ("insert", "audit.jsonl line 4: chain broken: the line(s) after audit.jsonl line 2 up to audit.jsonl "
+                   "line 3 were inserted"),
+        ("insert-garbage-prev", "audit.jsonl line 3: chain broken: this line was inserted"),
+        ("reorder", "audit.jsonl line 3: chain broken: the line is out of order, it belongs right after "
+                    "audit.jsonl line 4"),
+        ("not-json", "audit.jsonl line 3: not a complete JSON record"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_tampering_is_named(tmp_path: Path, change: str, expected: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 6)
+    _tamper(path, change, 2)  # the third line (line 3)
+    ok, message = verify(path)
+    assert not ok
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize("change", ["edit", "delete", "insert", "reorder"])
+def test_tampering_in_a_rotated_file_is_found(rotated: Path, change: str) -> None:
+    target = chain_files(rotated)[1]
+    _tamper(target, change, 2)
+    ok, message = verify(rotated)
+    assert not ok
+    assert "audit-000002.jsonl line" in message, message
+
+
+def test_last_line_of_a_rotated_file_edited_breaks_the_link_to_the_next(rotated: Path) -> None:
+    files = chain_files(rotated)
+    lines = lines_of(files[0])
+    lines[-1] = lines[-1].replace(b"Q", b"X", 1)
+    files[0].write_bytes(b"".join(lines))
+    ok, message = verify(rotated)
+    assert not ok
+    expected = "audit-000002.jsonl line 1: chain broken: it does not continue audit-000001.jsonl"
+    assert message.startswith(expected), message
+
+
+def test_a_missing_rotated_file_is_named(rotated: Path) -> None:
+    files = chain_files(rotated)
+    files[1].unlink()
+    ok, message = verify(rotated)
+    assert not ok and "audit-000003.jsonl line 1" in message and "missing" in message
+    files[0].unlink()  # now the oldest file present continues one that is gone
+    ok, message = verify(rotated)
+    assert not ok and "continues audit-000002.jsonl, which is missing" in message
+
+
+def test_an_anchor_catches_records_cut_from_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 5)
+    head = verify_files([path]).head
+    assert verify_files([path], anchor=head).ok
+    path.write_bytes(b"".join(lines_of(path)[:-1]))  # the chain itself is still consistent
+    assert verify_files([path]).ok
+    result = verify_files([path], anchor=head)
+    assert not result.ok and "no longer in the chain" in result.message
+
+
+def test_two_writers_rotating_keep_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    logs = [AuditLog(path, fsync=False, rotate_bytes=2048) for _ in range(3)]
+
+    def work(log: AuditLog, name: str) -> None:
+        for i in range(60):
+            log.write("event", f"{name}{i}")
+
+    threads = [threading.Thread(target=work, args=(log, f"T{n}-")) for n, log in enumerate(logs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok, message = verify(path)
+    assert ok, message
+    events = [r for r in read_records(path) if r["event"] == "event"]
+    assert len(events) == 180 and len(chain_files(path)) > 3
+
+
+def test_tail_reads_across_rotation(rotated: Path) -> None:
+    last = [json.loads(line) for line in tail(rotated, 12)]
+    ids = [r["queue_id"] for r in last if r["event"] == "received"]
+    assert ids[-1] == "Q0039" and len(last) == 12
+    assert tail(rotated, 0) == []
+
+
+def test_follow_sees_new_records_across_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write_log(path, 3, rotate_bytes=600)
+    seen: list[bytes] = []
+    done = threading.Event()
+    follower = threading.Thread(
+        target=follow, args=(path, seen.append), kwargs={"interval": 0.02, "stop": done.is_set}
+    )
+    follower.start()
+    try:
+        time.sleep(0.2)  # follow starts at the end: the first three records are not emitted
+        for i in range(8):
+            log.write("later", f"L{i}")
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while sum(b'"later"' in line for line in seen) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        follower.join(5)
+    events = [json.loads(line)["event"] for line in seen]
+    assert events.count("later") == 8 and "received" not in events
+    assert len(chain_files(path)) > 2  # it really crossed rotations
