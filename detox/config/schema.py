@@ -143,7 +143,8 @@ DEFAULT_HELD_SECTION = """\
 $held_items"""
 
 DEFAULT_HELD_ITEM = """\
-  ・$name（$size、理由: $reason、保管番号: $hold_id）
+  ・$name（$size、保管番号: $hold_id）
+      理由: $reason
       種類: $type　SHA-256: $sha256"""
 
 DEFAULT_DELIVERED_SECTION = """\
