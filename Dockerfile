@@ -51,7 +51,13 @@ RUN apt-get update \
         ca-certificates \
         librsvg2-bin \
         fonts-ipaexfont \
-    # ---- converters still to come: LibreOffice (-writer/-calc/-impress-nogui), clamav-daemon go HERE;
+        # legacy Office and RTF attachments → PDF (headless LibreOffice in the sandbox, driven over uno)
+        libreoffice-core-nogui \
+        libreoffice-writer-nogui \
+        libreoffice-calc-nogui \
+        libreoffice-impress-nogui \
+        python3-uno \
+    # ---- converters still to come: clamav-daemon goes HERE;
     # ---- keep this list in step with scripts/install-system-deps.sh.
     && rm -rf /var/lib/apt/lists/*
 
@@ -68,7 +74,9 @@ ENV PATH=/opt/detox/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
     DETOX_CONFIG=/etc/detox/detox.toml
 
 # Fail the build now if the shipped config doesn't load with the installed package.
-RUN detox check-config /etc/detox/detox.toml
+# The file only: bubblewrap needs user namespaces the build container may not have. Run
+# `detox check-config` in the running container to try the sandbox too.
+RUN detox check-config --no-sandbox /etc/detox/detox.toml
 
 USER detox
 WORKDIR /var/lib/detox

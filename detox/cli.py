@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,7 +129,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or _config_path(None)
     config = load_config(path)
     print(f"{path or '<built-in defaults>'}: OK (pipeline: {', '.join(config.pipeline.order)})")
+    if args.no_sandbox:
+        return EXIT_OK
+    # A valid file with a sandbox that cannot start would hold every converted attachment as
+    # filter-error at run time: try it now, the way the filters will use it.
+    problem = _probe_sandbox(config)
+    if problem and config.sandbox.provider == "subprocess" and config.sandbox.allow_unsandboxed:
+        print(f"sandbox (subprocess): WARNING: {problem}; development only", file=sys.stderr)
+        return EXIT_OK
+    if problem:
+        print(f"sandbox ({config.sandbox.provider}): FAILED: {problem}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"sandbox ({config.sandbox.provider}): OK (converters run, no network inside)")
     return EXIT_OK
+
+
+def _probe_sandbox(config: DetoxConfig) -> str | None:
+    from detox.errors import SandboxError
+    from detox.sandbox import make_sandbox
+    from detox.sandbox.base import Limits
+
+    limits = Limits(timeout_s=30, cpu_s=30)
+    # A listener of ours on the host's loopback: inside a private network namespace it is not there.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        try:
+            sandbox = make_sandbox(config)
+            if sandbox.run("selftest", b"probe", {"op": "echo"}, limits) != b"probe":
+                return "the probe converter's output came back changed"
+            net = sandbox.run("selftest", b"", {"op": "net", "host": "127.0.0.1", "port": port}, limits)
+        except SandboxError as exc:
+            return str(exc)
+    if not net.startswith(b"blocked"):
+        return "the host's network is reachable from inside the sandbox (no isolation)"
+    return None
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
@@ -177,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", nargs="?")
+    check.add_argument(
+        "--no-sandbox", action="store_true", help="only validate the file; do not try the sandbox"
+    )
     check.set_defaults(func=cmd_check_config)
 
     filters = sub.add_parser("filters", help="list installed filters and the pipeline order")

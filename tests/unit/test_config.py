@@ -189,3 +189,20 @@ def test_require_tls_without_certificate_is_an_error(tmp_path: Path) -> None:
 def test_exempt_sender_domains_are_normalised(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[urls]\nexempt_sender_domains = ['Partner.Example.']\n"))
     assert config.urls.exempt_sender_domains == ("partner.example",)
+
+
+def test_check_config_tries_the_sandbox(tmp_path: Path) -> None:
+    """A valid file whose sandbox cannot run converters fails check-config: at run time every
+    converted attachment would be held as filter-error."""
+    ok = run_cli("check-config", "config/detox.toml")
+    assert ok.returncode == 0, ok.stderr
+    assert "sandbox (bwrap): OK" in ok.stdout
+    refused = write(tmp_path, '[sandbox]\nprovider = "subprocess"\n')
+    result = run_cli("check-config", str(refused))
+    assert result.returncode == 1
+    assert "sandbox (subprocess): FAILED" in result.stderr and "allow_unsandboxed" in result.stderr
+    assert run_cli("check-config", "--no-sandbox", str(refused)).returncode == 0
+    dev = write(tmp_path, '[sandbox]\nprovider = "subprocess"\nallow_unsandboxed = true\n')
+    result = run_cli("check-config", str(dev))
+    assert result.returncode == 0
+    assert "reachable from inside the sandbox" in result.stderr and "development only" in result.stderr
