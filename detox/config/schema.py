@@ -175,7 +175,7 @@ class NoticeConfig(Strict):
             "office-disarmed": "マクロ・埋め込み・外部リンクを除去",
             "archive-repacked": "展開して中身を無害化し、ZIP で作り直し",
             "calendar-converted": "予定表をテキストに変換",
-            "html-converted": "HTML をテキストに変換",
+            "html-attachment-converted": "HTML をテキストに変換",
             "text-reencoded": "テキストを UTF-8 で作り直し",
         }
     )

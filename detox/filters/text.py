@@ -122,7 +122,7 @@ class HtmlFilter(Filter):
                 charset=decoded.charset,
             )
         # A converted attachment is read like the body, so its links are made safe the same way.
-        text, notes = converted.text, ["html-converted"]
+        text, notes = converted.text, ["html-attachment-converted"]
         if ctx.defang_urls:
             defanged = defang_urls(text)
             text = defanged.text
