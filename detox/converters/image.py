@@ -34,7 +34,11 @@ Wire format of the result (what :func:`unpack_result` reads)::
 
     b"DXI1" | uint32 big-endian N | N bytes of UTF-8 JSON object | image bytes
 
-The JSON object has ``content_type`` ("image/png" or "image/jpeg"), ``width``, ``height`` (of the
+An image over a cap (pixels, sides, a decompression bomb) is not an error but an answer: the JSON
+object is then ``{"status": "held", "reason": "limit-exceeded", "detail": ...}`` with no image bytes,
+so the part is held as limit-exceeded, like an over-cap PDF or archive.
+
+Otherwise the JSON object has ``content_type`` ("image/png" or "image/jpeg"), ``width``, ``height`` (of the
 output), ``source_format`` (Pillow's name, or "SVG"), ``frames_dropped`` (int),
 ``orientation_applied`` (EXIF orientation 1-8 applied to the pixels, 1 = none), ``icc_converted``
 (bool) and ``removed`` (name -> count: exif, gps, xmp, icc-profile, comment, text, photoshop, thumbnail,
@@ -113,6 +117,10 @@ def unpack_result(raw: bytes) -> tuple[dict[str, Any], bytes]:
 # -- entry point -------------------------------------------------------------------------------
 
 
+class ImageTooLarge(Exception):
+    """Over a cap: answered as "held" (limit-exceeded), not raised out of the sandbox."""
+
+
 class Caps(NamedTuple):
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_width: int = DEFAULT_MAX_SIDE
@@ -139,6 +147,13 @@ class Caps(NamedTuple):
 
 
 def main(data: bytes, args: dict[str, Any]) -> bytes:
+    try:
+        return _main(data, args)
+    except ImageTooLarge as exc:
+        return pack_result({"status": "held", "reason": "limit-exceeded", "detail": str(exc)[:300]}, b"")
+
+
+def _main(data: bytes, args: dict[str, Any]) -> bytes:
     caps = Caps.from_args(args)
     if args.get("svg"):
         side = args.get("svg_max_side", DEFAULT_SVG_SIDE)
@@ -171,9 +186,9 @@ def convert(
         try:
             im = Image.open(io.BytesIO(data), formats=list(formats))
         except Image.DecompressionBombError as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from None
+            raise ImageTooLarge(f"decompression bomb: {exc}") from None
         except Image.DecompressionBombWarning as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from None
+            raise ImageTooLarge(f"decompression bomb: {exc}") from None
         with im:
             _check_size(im.size, caps)
             source_format = str(im.format)
@@ -238,9 +253,9 @@ def _check_size(size: tuple[int, int], caps: Caps) -> None:
     if width <= 0 or height <= 0:
         raise ImageRejected("empty image")
     if width > caps.max_width or height > caps.max_height:
-        raise ImageRejected(f"image {width}x{height} exceeds {caps.max_width}x{caps.max_height}")
+        raise ImageTooLarge(f"image {width}x{height} exceeds {caps.max_width}x{caps.max_height}")
     if width * height > caps.max_pixels:
-        raise ImageRejected(f"image {width}x{height} exceeds {caps.max_pixels} pixels")
+        raise ImageTooLarge(f"image {width}x{height} exceeds {caps.max_pixels} pixels")
 
 
 def _frame_count(im: Image.Image) -> int:

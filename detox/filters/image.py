@@ -101,6 +101,10 @@ class ImageFilter(Filter):
             meta, data = unpack_result(raw)
         except ValueError as exc:
             raise FilterError(f"image converter: {exc}") from None
+        if meta.get("status") == "held":
+            if meta.get("reason") != "limit-exceeded" or data:
+                raise FilterError("image converter held the image for an unknown reason")
+            return Verdict(Action.HOLD, reason="limit-exceeded")
         content_type, removed = self._check_result(meta, data)
         notes = ["image-reencoded"]
         if is_svg:

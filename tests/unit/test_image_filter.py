@@ -428,27 +428,44 @@ def test_mislabelled_image_is_claimed_by_its_bytes_and_renamed(ctx: FilterContex
         ("png-40000x2", png_header_only(40_000, 2)),  # few pixels, but wider than max_width
     ],
 )
-def test_decompression_bombs_raise(ctx: FilterContext, name: str, data: bytes) -> None:
+def test_decompression_bombs_are_held_as_over_the_limit(ctx: FilterContext, name: str, data: bytes) -> None:
     assert len(data) < 200
     part = make_part(data, f"{name}.png")
     assert FILTER.applies_to(part)
-    with pytest.raises(SandboxError, match=r"exceeds|bomb"):
-        FILTER.process(part, ctx)
+    verdict = FILTER.process(part, ctx)
+    assert (verdict.action, verdict.reason, verdict.output) == (Action.HOLD, "limit-exceeded", None)
 
 
-def test_jpeg_declaring_huge_dimensions_raises(ctx: FilterContext) -> None:
+def test_jpeg_declaring_huge_dimensions_is_held(ctx: FilterContext) -> None:
     data = bytearray(save(photo(), "JPEG"))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60_000, 60_000)  # height, width
-    part = make_part(bytes(data), "bomb.jpg")
-    with pytest.raises(SandboxError, match=r"exceeds|bomb"):
-        FILTER.process(part, ctx)
+    verdict = FILTER.process(make_part(bytes(data), "bomb.jpg"), ctx)
+    assert (verdict.action, verdict.reason) == (Action.HOLD, "limit-exceeded")
 
 
 def test_bomb_options_are_honoured(ctx: FilterContext) -> None:
     strict = ImageFilter(ImageOptions(max_pixels=1000))
-    with pytest.raises(SandboxError, match=r"exceeds|bomb"):
-        strict.process(make_part(save(photo(), "PNG")), ctx)
+    verdict = strict.process(make_part(save(photo(), "PNG")), ctx)
+    assert (verdict.action, verdict.reason) == (Action.HOLD, "limit-exceeded")
+    saved = Image.MAX_IMAGE_PIXELS  # the converter sets Pillow's global cap (it owns its process)
+    try:
+        meta, image = converter.unpack_result(converter.main(save(photo(), "PNG"), {"max_pixels": 1000}))
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    assert meta["status"] == "held" and "exceeds" in meta["detail"] and image == b""
+
+
+def test_a_held_answer_with_another_reason_or_bytes_is_an_error() -> None:
+    for meta, image in (
+        ({"status": "held", "reason": "because"}, b""),
+        ({"status": "held", "reason": "limit-exceeded"}, b"x"),
+    ):
+        ctx = FilterContext(
+            "Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(meta, image))
+        )
+        with pytest.raises(DetoxError):
+            FILTER.process(make_part(save(photo(), "PNG")), ctx)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
