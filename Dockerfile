@@ -38,7 +38,7 @@ COPY . .
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     /opt/detox/bin/pip install -c constraints.txt . \
-    && /opt/detox/bin/python -m compileall -q /opt/detox/lib
+    && /opt/detox/bin/python -m compileall -q -x 'olefile/olefile2\.py' /opt/detox/lib  # Python 2 leftover in olefile
 
 # -------------------------------------------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE}

@@ -20,7 +20,14 @@ PACKAGES=(
     ca-certificates  # TLS: pip, STARTTLS certificate checks
     librsvg2-bin     # rsvg-convert: SVG attachments rasterized inside the sandbox
     fonts-ipaexfont  # Japanese glyphs when PDFs (and SVGs) without embedded fonts are rasterized
-    # --- converters still to come: LibreOffice, clamav-daemon (also in the Dockerfile's runtime stage) --
+    # Legacy .doc/.xls/.ppt and RTF attachments → PDF, by a headless LibreOffice resident in the sandbox
+    # (the -nogui flavours: no X11/GTK); python3-uno lets the system Python drive it.
+    libreoffice-core-nogui
+    libreoffice-writer-nogui
+    libreoffice-calc-nogui
+    libreoffice-impress-nogui
+    python3-uno
+    # --- converters still to come: clamav-daemon (also in the Dockerfile's runtime stage) --------------
     # --- benchmarks ----------------------------------------------------------------------------------
     poppler-utils    # pdftoppm: the baseline bench/pdf_raster.py compares against
     # --- tests ---------------------------------------------------------------------------------------

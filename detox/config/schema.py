@@ -173,6 +173,7 @@ class NoticeConfig(Strict):
             "pdf-sanitized": "PDF からスクリプト等を除去",
             "image-reencoded": "画像を作り直し、メタデータを削除",
             "office-disarmed": "マクロ・埋め込み・外部リンクを除去",
+            "office-rasterized": "旧形式の文書を LibreOffice で PDF にし、画像にして作り直し",
             "archive-repacked": "展開して中身を無害化し、ZIP で作り直し",
             "calendar-converted": "予定表をテキストに変換",
             "html-attachment-converted": "HTML をテキストに変換",
@@ -185,7 +186,8 @@ class NoticeConfig(Strict):
     signature_removed: str = "・電子署名は無害化により無効になるため取り除きました。"
     attachments_converted: str = (
         "・添付ファイル $count 件を安全な形式に作り直しました（PDF の画像化・無害化、画像の再エンコードと"
-        "位置情報などのメタデータ削除、Office 文書のマクロ・埋め込みオブジェクト・外部リンクの削除）。"
+        "位置情報などのメタデータ削除、Office 文書のマクロ・埋め込みオブジェクト・外部リンクの削除、"
+        "旧形式の Office 文書・RTF の画像化）。"
     )
     calendar_converted: str = (
         "・予定表ファイル（.ics）$count 件を読める文字だけのテキストに変換しました"
@@ -219,7 +221,7 @@ class NoticeConfig(Strict):
             "archive-empty": "圧縮ファイルの中にファイルが見つからなかったため",
             "archive-empty-after-detox": "圧縮ファイルの中のファイルがすべて取り除かれたため",
             "archive-member-unsafe": "圧縮ファイルの中の危険な項目（リンク・絶対パスなど）のため",
-            "legacy-office": "旧形式の Office 文書・RTF はまだ無害化できないため",
+            "legacy-office": "旧形式の Office 文書・RTF はこのサーバーでは変換できない設定になっているため",
         }
     )
 

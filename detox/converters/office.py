@@ -10,8 +10,10 @@ Inputs
     * An OLE compound file: never converted here. An Office file encrypted with a password (an OOXML
       package wrapped in an OLE container with ``EncryptionInfo``/``EncryptedPackage`` streams, or a
       .doc/.xls/.ppt with its encryption flag or record) is answered "held: encrypted"; any other
-      OLE file (Word/Excel/PowerPoint 97-2003) "held: legacy-office". Converting legacy files to PDF
-      with LibreOffice comes in a later step.
+      OLE file "held: legacy-office", with ``application`` naming what it is ("word", "excel",
+      "powerpoint", or "" for an OLE file that is none of them or cannot be read): the office filter
+      converts the first three with LibreOffice (:mod:`detox.sandbox.libreoffice`), restricted to
+      that application's import filters.
     * An Excel binary workbook (xlsb) or any other OPC package whose main part is not one of the types
       above: "held: unsupported-type" (their parts are binary records this converter cannot rebuild).
     * Anything else raises (not an Office file).
@@ -105,7 +107,8 @@ Wire format of the result (what :func:`unpack_result` reads)::
 Header keys: ``format`` (1), ``status`` ("ok" or "held"); when ok: ``content_type`` (the output's
 MIME type, one of :data:`OUTPUT_TYPES`), ``extension`` (``docx``...), ``kind`` (word/excel/
 powerpoint), ``source_type`` (the input's main content type), ``parts`` (members written) and
-``removed`` ({kind: count}); when held: ``reason`` (one of :data:`HELD_REASONS`) and ``detail``.
+``removed`` ({kind: count}); when held: ``reason`` (one of :data:`HELD_REASONS`) and ``detail``, and for
+an OLE file ``application`` and ``removed`` (:func:`probe_ole`).
 """
 
 from __future__ import annotations
@@ -303,11 +306,19 @@ class Caps(NamedTuple):
 class HeldError(Exception):
     """The file is answered "held" with a reason the filter maps to a notice (not a failure)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        application: str | None = None,
+        removed: Mapping[str, int] | None = None,
+    ) -> None:
         assert reason in HELD_REASONS
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.application = application  # set for OLE files only
+        self.removed = dict(removed or {})
 
 
 class PackageRejected(ValueError):
@@ -351,13 +362,17 @@ def main(data: bytes, args: dict[str, Any]) -> bytes:
         raise ValueError("bad argument hyperlinks")
     try:
         if data.startswith(OLE_MAGIC):
-            reason, detail = probe_ole(data)
-            raise HeldError(reason, detail)
+            probe = probe_ole(data)
+            raise HeldError(probe.reason, probe.detail, probe.application, probe.removed)
         if not zipfile.is_zipfile(io.BytesIO(data)):
             raise PackageRejected("neither an OOXML package nor an OLE file")
         result = Disarm(data, caps, keep_hyperlinks=hyperlinks == "keep").run()
     except HeldError as held:
-        return pack_result({"status": "held", "reason": held.reason, "detail": held.detail[:500]})
+        held_header: dict[str, Any] = {"status": "held", "reason": held.reason, "detail": held.detail[:500]}
+        if held.application is not None:
+            held_header["application"] = held.application
+            held_header["removed"] = held.removed
+        return pack_result(held_header)
     header = {
         "status": "ok",
         "content_type": result.content_type,
@@ -373,38 +388,67 @@ def main(data: bytes, args: dict[str, Any]) -> bytes:
 # -- OLE files: held, with the right reason ----------------------------------------------------
 
 
-def probe_ole(data: bytes) -> tuple[str, str]:
-    """("encrypted" | "legacy-office", detail) for an OLE compound file."""
+class OleProbe(NamedTuple):
+    """What the sandbox tells about an OLE file (it is never converted here)."""
+
+    reason: str  # "encrypted" | "legacy-office"
+    detail: str
+    application: str  # "word" | "excel" | "powerpoint" | "" (another OLE file, or unreadable)
+    removed: dict[str, int]  # what a conversion to pictures leaves behind: VBA projects, macro sheets...
+
+
+def probe_ole(data: bytes) -> OleProbe:
     import olefile  # type: ignore[import-untyped]  # comes with oletools; no type information
 
     try:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
-            return _ole_reason(ole)
+            return _ole_probe(ole)
     except Exception as exc:  # noqa: BLE001 - unreadable is still a legacy file to hold, never a pass
-        return "legacy-office", f"OLE file not readable ({type(exc).__name__})"
+        return OleProbe("legacy-office", f"OLE file not readable ({type(exc).__name__})", "", {})
 
 
-def _ole_reason(ole: Any) -> tuple[str, str]:
+def _ole_probe(ole: Any) -> OleProbe:
     if ole.exists("EncryptionInfo") or ole.exists("EncryptedPackage"):
-        return "encrypted", "an Office package encrypted with a password (MS-OFFCRYPTO)"
+        return OleProbe("encrypted", "an Office package encrypted with a password (MS-OFFCRYPTO)", "", {})
+    removed = _ole_inventory(ole)
     if ole.exists("WordDocument"):
         fib = _read_stream(ole, "WordDocument", 12)
         if len(fib) >= 12 and struct.unpack_from("<H", fib, 10)[0] & 0x0100:  # FibBase.fEncrypted
-            return "encrypted", "a Word 97-2003 document encrypted with a password"
-        return "legacy-office", "a Word 97-2003 document"
+            return OleProbe("encrypted", "a Word 97-2003 document encrypted with a password", "word", {})
+        return OleProbe("legacy-office", "a Word 97-2003 document", "word", removed)
     for stream in ("Workbook", "Book"):
         if ole.exists(stream):
-            if _biff_has_filepass(_read_stream(ole, stream, 256 * 1024)):
-                return "encrypted", "an Excel 97-2003 workbook encrypted with a password"
-            return "legacy-office", "an Excel 97-2003 workbook"
+            records = _biff_globals(_read_stream(ole, stream, 256 * 1024))
+            if any(rtype == 0x002F for rtype, _ in records):  # FILEPASS
+                return OleProbe(
+                    "encrypted", "an Excel 97-2003 workbook encrypted with a password", "excel", {}
+                )
+            # BOUNDSHEET: lbPlyPos (4), hsState (1), dt (1): 1 is an Excel 4 macro sheet.
+            sheets = sum(1 for rtype, body in records if rtype == 0x0085 and len(body) > 5 and body[5] == 1)
+            if sheets:
+                removed["xlm-macrosheet"] = sheets
+            return OleProbe("legacy-office", "an Excel 97-2003 workbook", "excel", removed)
     if ole.exists("PowerPoint Document"):
         user = _read_stream(ole, "Current User", 64) if ole.exists("Current User") else b""
         # CurrentUserAtom.headerToken: 0xF3D1C4DF when the presentation is encrypted.
         token = struct.unpack_from("<I", user, 12)[0] if len(user) >= 16 else 0
         if ole.exists("EncryptedSummary") or token == 0xF3D1C4DF:
-            return "encrypted", "a PowerPoint 97-2003 presentation encrypted with a password"
-        return "legacy-office", "a PowerPoint 97-2003 presentation"
-    return "legacy-office", "an OLE compound file (not Word, Excel or PowerPoint)"
+            detail = "a PowerPoint 97-2003 presentation encrypted with a password"
+            return OleProbe("encrypted", detail, "powerpoint", {})
+        return OleProbe("legacy-office", "a PowerPoint 97-2003 presentation", "powerpoint", removed)
+    return OleProbe("legacy-office", "an OLE compound file (not Word, Excel or PowerPoint)", "", {})
+
+
+def _ole_inventory(ole: Any) -> dict[str, int]:
+    """VBA projects (a storage holding ``VBA/dir``) and embedded OLE objects (Word's ObjectPool
+    entries, Excel's MBD storages), by the storage names alone. PowerPoint 97 keeps both inside its
+    main stream: not counted."""
+    paths = [tuple(p) for p in ole.listdir(streams=True, storages=True)]
+    projects = {p[:-2] for p in paths if len(p) >= 2 and p[-1].lower() == "dir" and p[-2].upper() == "VBA"}
+    objects = {p[:2] for p in paths if len(p) >= 2 and p[0] == "ObjectPool"}
+    objects |= {p[:1] for p in paths if p[0].upper().startswith("MBD") and len(p) >= 2}
+    counts = {"vba-project": len(projects), "ole-embedding": len(objects)}
+    return {kind: n for kind, n in counts.items() if n}
 
 
 def _read_stream(ole: Any, name: str, size: int) -> bytes:
@@ -413,19 +457,19 @@ def _read_stream(ole: Any, name: str, size: int) -> bytes:
     return bytes(data)
 
 
-def _biff_has_filepass(data: bytes) -> bool:
-    """True when the workbook globals of a BIFF stream carry a FILEPASS record (encryption)."""
+def _biff_globals(data: bytes) -> list[tuple[int, bytes]]:
+    """The records of a BIFF stream's workbook globals substream (up to its EOF record)."""
+    records: list[tuple[int, bytes]] = []
     pos = 0
     for _ in range(10_000):
         if pos + 4 > len(data):
-            return False
+            break
         rtype, length = struct.unpack_from("<HH", data, pos)
-        if rtype == 0x002F:  # FILEPASS
-            return True
+        records.append((rtype, data[pos + 4 : pos + 4 + length]))
         if rtype == 0x000A and pos:  # EOF of the globals substream
-            return False
+            break
         pos += 4 + length
-    return False
+    return records
 
 
 # -- XML ---------------------------------------------------------------------------------------

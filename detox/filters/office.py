@@ -16,13 +16,21 @@ The filter claims an attachment by what libmagic found in its bytes (``part.dete
 * Legacy Office (``application/msword``, ``application/vnd.ms-excel``,
   ``application/vnd.ms-powerpoint``; an OLE compound file, or unidentified bytes, with a
   .doc/.xls/.ppt-family or OOXML extension) and ``application/encrypted`` (libmagic's "CDFV2
-  Encrypted": an Office file with a password): held. The sandboxed converter looks at the OLE
-  file only to name the reason: ``encrypted`` (MS-OFFCRYPTO streams, Word's fEncrypted flag,
-  Excel's FILEPASS record, PowerPoint's encrypted CurrentUser token) or ``legacy-office``.
-  Converting legacy files to PDF with LibreOffice running headless in the sandbox comes in a
-  later step; until then they are held.
-* RTF attachments (``text/rtf``, ``application/rtf``): held as ``legacy-office`` without a look
-  (RTF objects, ``\\object``/``\\objdata``, never pass); RTF bodies are the rtf filter's.
+  Encrypted": an Office file with a password): the sandboxed converter looks at the OLE file first
+  and answers ``encrypted`` (MS-OFFCRYPTO streams, Word's fEncrypted flag, Excel's FILEPASS record,
+  PowerPoint's encrypted CurrentUser token: held) or which application wrote it, with an inventory of
+  what cannot survive the conversion (VBA projects, Excel 4 macro sheets, embedded OLE objects). A
+  Word, Excel or PowerPoint 97-2003 file is then converted to PDF by LibreOffice, resident and
+  sandboxed (:mod:`detox.sandbox.libreoffice`; only that application's import filters are allowed,
+  macros never run, links are never updated), and that PDF is rasterized by the sandboxed PDF
+  converter into an image-only PDF named ``<stem>.pdf`` (note ``office-rasterized``). What leaves is
+  pictures of the pages and nothing the sender wrote. Another OLE file with an Office name is held as
+  ``unsupported-type``; so is a file LibreOffice's type detection does not find to be of the expected
+  format. ``legacy = "hold"``, or LibreOffice (soffice, or ``uno`` for the system Python) missing: held
+  as ``legacy-office``.
+* RTF attachments (``text/rtf``, ``application/rtf``): the same LibreOffice → PDF → pictures path, with
+  the RTF import filter only; RTF objects (``\\object``/``\\objdata``) never pass, as nothing but
+  page pictures does. RTF bodies are the rtf filter's.
 * Not claimed: OneNote, Visio, OpenDocument and everything else (held as unsupported by the runner,
   or claimed by another filter). An Excel binary workbook (xlsb) is claimed as OOXML and answered
   ``unsupported-type`` by the converter: its parts are binary records that are not rebuilt.
@@ -37,16 +45,30 @@ removed.
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+import time
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detox.converters import pdf as pdf_converter
 from detox.converters.office import HELD_REASONS, MAX_HEADER_BYTES, OUTPUT_TYPES, unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
+from detox.sandbox.base import Limits
+from detox.sandbox.libreoffice import (
+    DEFAULT_PYTHON,
+    FILTERS,
+    OfficeSettings,
+    instance_for,
+    unavailable_reason,
+)
+
+log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 
@@ -98,6 +120,18 @@ class OfficeOptions(BaseModel):
     max_output_bytes: int = Field(default=128 * _MIB, ge=64 * 1024, le=4096 * _MIB)
     # auto: follow the body's URL defanging (unlink when it defangs); keep / unlink: always.
     hyperlinks: Literal["auto", "keep", "unlink"] = "auto"
+    # Legacy Word/Excel/PowerPoint 97-2003 and RTF: "convert" (LibreOffice → PDF → page pictures) or
+    # "hold" them all.
+    legacy: Literal["convert", "hold"] = "convert"
+    soffice: str = Field(default="soffice", min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f]+$")
+    uno_python: str = Field(
+        default=DEFAULT_PYTHON, min_length=2, max_length=4096, pattern=r"^/[^\x00-\x1f]*$"
+    )
+    dpi: int = Field(default=150, ge=36, le=600)  # of the page pictures
+    max_pages: int = Field(default=100, ge=1, le=10_000)  # longer documents are held (limit-exceeded)
+    documents_per_instance: int = Field(default=200, ge=1, le=1_000_000)  # then LibreOffice is restarted
+    libreoffice_timeout_s: float = Field(default=40.0, gt=0, le=3600)  # one document, start-up excluded
+    libreoffice_start_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
 def claim(part: Part) -> Literal["ooxml", "legacy", "rtf"] | None:
@@ -122,7 +156,7 @@ def claim(part: Part) -> Literal["ooxml", "legacy", "rtf"] | None:
 
 
 class OfficeFilter(Filter):
-    """Word, Excel and PowerPoint attachments: OOXML disarmed, legacy formats and RTF held."""
+    """Word, Excel and PowerPoint attachments: OOXML disarmed, legacy formats and RTF rasterized."""
 
     name: ClassVar[str] = "office"
     Options: ClassVar[type[BaseModel]] = OfficeOptions
@@ -136,17 +170,20 @@ class OfficeFilter(Filter):
         kind = claim(part)
         if kind is None:
             raise FilterError("not an Office attachment")
-        if kind == "rtf":
-            return Verdict(Action.HOLD, reason="legacy-office")
+        if kind == "rtf" and options.legacy == "hold":
+            return Verdict(Action.HOLD, reason="legacy-office")  # nothing to look at first
         if ctx.sandbox is None:
             raise SandboxError("no sandbox is configured: Office files are only opened inside one")
-        # The sandbox's own clock fires first, so the converter is killed with its process group
-        # before the runner's deadline gives up on it.
+        # Every sandboxed step (the look at the file, LibreOffice, the rasterizer) ends before this,
+        # so a slow file is killed with its process group before the runner's deadline gives up on it.
         timeout = ctx.config.filter_settings(self.name).timeout_s
+        deadline = time.monotonic() + max(timeout * 0.9, min(timeout, 1.0))
+        if kind == "rtf":
+            return self._legacy(part, ctx, "rtf", {}, deadline)
         configured = ctx.sandbox.default_limits  # sandbox.memory_mb / cpu_s
         limits = replace(
             configured,
-            timeout_s=max(timeout * 0.9, min(timeout, 1.0)),
+            timeout_s=_left(deadline),
             cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
             max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + 4,
             max_file_bytes=16 * _MIB,  # it writes no files
@@ -162,6 +199,9 @@ class OfficeFilter(Filter):
             reason = header.get("reason")
             if reason not in HELD_REASONS:
                 raise SandboxError("office converter held the file for an unknown reason")
+            if reason == "legacy-office":
+                application = str(header.get("application") or "")
+                return self._legacy(part, ctx, application, _counts(header.get("removed")), deadline)
             return Verdict(Action.HOLD, reason=str(reason))
         if status != "ok":
             raise SandboxError("office converter answered an unknown status")
@@ -171,6 +211,87 @@ class OfficeFilter(Filter):
             output=Output(content_type, data, output_filename(part.untrusted_filename, extension)),
             removed=_counts(header.get("removed")),
             notes=("office-disarmed",),
+        )
+
+    def _legacy(
+        self, part: Part, ctx: FilterContext, application: str, removed: dict[str, int], deadline: float
+    ) -> Verdict:
+        """A legacy Office or RTF document: LibreOffice → PDF → rasterized pages, or held."""
+        options = self.options
+        assert isinstance(options, OfficeOptions) and ctx.sandbox is not None
+        if options.legacy == "hold":
+            return Verdict(Action.HOLD, reason="legacy-office")
+        if application not in FILTERS:
+            return Verdict(Action.HOLD, reason="unsupported-type")  # an OLE file of another kind
+        missing = unavailable_reason(options.soffice, options.uno_python)
+        if missing is not None:
+            _log_once(f"legacy Office and RTF attachments are held: LibreOffice cannot run ({missing})")
+            return Verdict(Action.HOLD, reason="legacy-office")
+        settings = OfficeSettings(
+            soffice=options.soffice,
+            python=options.uno_python,
+            documents_per_instance=options.documents_per_instance,
+            start_timeout_s=options.libreoffice_start_timeout_s,
+        )
+        # The page pictures need their share of the time: LibreOffice may use 3/4 of what is left.
+        conversion = instance_for(ctx.sandbox, settings).convert(
+            part.payload,
+            extension=_extension(part, application),
+            filters=FILTERS[application],
+            timeout_s=min(options.libreoffice_timeout_s, _left(deadline) * 0.75),
+            deadline=deadline,
+            max_pages=options.max_pages,
+            max_output_bytes=options.max_output_bytes,
+        )
+        if conversion.status == "refused":
+            log.info("%s: LibreOffice refused part %s: %s", ctx.queue_id, part.part_id, conversion.detail)
+            return Verdict(Action.HOLD, reason="unsupported-type")
+        if conversion.status == "too-long":
+            return Verdict(Action.HOLD, reason="limit-exceeded")
+        args = {
+            **pdf_converter.DEFAULTS,
+            "mode": "rasterize",
+            "dpi": options.dpi,
+            "max_pages": options.max_pages,
+            "max_output_bytes": options.max_output_bytes,
+        }
+        configured = ctx.sandbox.default_limits
+        limits = Limits(
+            timeout_s=_left(deadline),
+            cpu_s=configured.cpu_s,
+            memory_bytes=configured.memory_bytes,
+            max_output_bytes=options.max_output_bytes + 4 * _MIB,
+        )
+        raw = ctx.sandbox.run("pdf", conversion.pdf, args, limits)
+        try:
+            header, pdf = pdf_converter.unpack_result(raw)
+        except ValueError as exc:
+            raise SandboxError(f"pdf converter answered something unreadable: {exc}") from None
+        if header.get("mode") != "rasterize":
+            raise SandboxError("pdf converter answered for another mode")
+        status = header.get("status")
+        if status == "held":
+            reason = header.get("reason")
+            if reason not in pdf_converter.HELD_REASONS:
+                raise SandboxError("pdf converter held the file for an unknown reason")
+            return Verdict(Action.HOLD, reason=str(reason))
+        pages = header.get("pages")
+        if status != "ok" or not (isinstance(pages, int) and pages >= 1) or not pdf.startswith(b"%PDF-"):
+            raise SandboxError("pdf converter produced no PDF")
+        # What the original carried (the OLE inventory), and the links LibreOffice turned into PDF
+        # actions (its own open action and page jumps are not the sender's).
+        for kind, count in _counts(header.get("removed")).items():
+            if kind in _LINK_KINDS:
+                removed[kind] = removed.get(kind, 0) + count
+        if application == "rtf":
+            objects = len(_RTF_OBJECT.findall(part.payload))
+            if objects:
+                removed["ole-embedding"] = removed.get("ole-embedding", 0) + objects
+        return Verdict(
+            Action.REPLACE,
+            output=Output("application/pdf", pdf, output_filename(part.untrusted_filename, "pdf")),
+            removed=removed,
+            notes=("office-rasterized",),
         )
 
     def converter_args(self, ctx: FilterContext) -> dict[str, Any]:
@@ -203,6 +324,35 @@ class OfficeFilter(Filter):
         if not (data.startswith(_ZIP_LOCAL_HEADER) and data[-22:-18] == _ZIP_END_OF_DIRECTORY):
             raise SandboxError("office converter output is not a zip package")
         return content_type, extension
+
+
+# An RTF object group; counted for the notice only (the bytes are never parsed in this process).
+_RTF_OBJECT = re.compile(rb"\\object(?![a-z])")
+# The extension LibreOffice sees (never the sender's name): the file's own when it is one of the
+# application's (templates stay templates), else the usual one.
+_LEGACY_EXTENSIONS_OF = {
+    "word": ("doc", "dot"),
+    "excel": ("xls", "xlt", "xla"),
+    "powerpoint": ("ppt", "pps", "pot"),
+    "rtf": ("rtf",),
+}
+_LINK_KINDS = frozenset({"uri", "launch", "remote-goto", "embedded-goto"})
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.error("%s", message)
+
+
+def _left(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
+def _extension(part: Part, application: str) -> str:
+    known = _LEGACY_EXTENSIONS_OF[application]
+    return part.extension if part.extension in known else known[0]
 
 
 def _counts(value: object) -> dict[str, int]:

@@ -292,7 +292,11 @@ def _conversion_lines(config: DetoxConfig, notes: Counter[str], defanged: int) -
     if notes["signature-removed"]:
         lines.append(config.notice.signature_removed)
     rebuilt = (
-        notes["image-reencoded"] + notes["pdf-sanitized"] + notes["pdf-rasterized"] + notes["office-disarmed"]
+        notes["image-reencoded"]
+        + notes["pdf-sanitized"]
+        + notes["pdf-rasterized"]
+        + notes["office-disarmed"]
+        + notes["office-rasterized"]
     )
     if rebuilt:
         lines.append(config.notice.attachments_converted.replace("$count", str(rebuilt)))

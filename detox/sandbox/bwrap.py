@@ -216,29 +216,51 @@ class BwrapSandbox(ChildProcessSandbox):
 
     def bwrap_argv(self, module: str, limits: Limits, data_fds: Iterable[tuple[int, str]] = ()) -> list[str]:
         """The full command line for one run (``data_fds``: (fd, path) pairs for ``--ro-bind-data``)."""
+        return self.command_argv(child_command(self.python, module), limits, data_fds)
+
+    def command_argv(
+        self,
+        command: list[str],
+        limits: Limits,
+        data_fds: Iterable[tuple[int, str]] = (),
+        extra_ro_binds: Iterable[str] = (),
+    ) -> list[str]:
+        """``command`` under the same isolation as a converter run (also used by the resident sandbox).
+
+        ``extra_ro_binds``: more host directories shown read-only at their own path (a program installed
+        outside /usr, such as a LibreOffice under /opt).
+        """
         args = [self.bwrap, *self._fixed_args]
         if "--size" in self.features:
             args += ["--size", str(tmpfs_bytes(limits))]
         args += ["--tmpfs", SANDBOX_HOME]
         # After the tmpfs, so a Python or detox that lives under /tmp (a CI checkout) shows through it.
-        for path in self.bind_paths:
+        for path in (*self.bind_paths, *extra_ro_binds):
             args += ["--ro-bind", path, path]
         for fd, path in data_fds:
             args += ["--ro-bind-data", str(fd), path]
         if "--clearenv" in self.features:
             args += _env_args(self.env)
-        args += ["--remount-ro", "/", "--chdir", SANDBOX_HOME, "--", *child_command(self.python, module)]
+        args += ["--remount-ro", "/", "--chdir", SANDBOX_HOME, "--", *command]
         return args
 
     @contextlib.contextmanager
     def launch(self, module: str, limits: Limits) -> Iterator[Launch]:
+        with self.launch_command(child_command(self.python, module), limits) as launch:
+            yield launch
+
+    @contextlib.contextmanager
+    def launch_command(
+        self, command: list[str], limits: Limits, extra_ro_binds: Iterable[str] = ()
+    ) -> Iterator[Launch]:
+        """How to start ``command`` sandboxed; the passwd/group pipes live as long as the context."""
         fds: list[tuple[int, str]] = []
         try:
             if "--ro-bind-data" in self.features:
                 fds.append((_data_fd(PASSWD), "/etc/passwd"))
                 fds.append((_data_fd(GROUP), "/etc/group"))
             yield Launch(
-                argv=self.bwrap_argv(module, limits, fds),
+                argv=self.command_argv(command, limits, fds, extra_ro_binds),
                 # bwrap itself gets the same minimal environment (no LD_PRELOAD & co. from the server).
                 env=dict(self.env),
                 cwd="/",

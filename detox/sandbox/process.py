@@ -129,7 +129,7 @@ def rlimits_for(limits: Limits) -> list[tuple[int, int, int]]:
     return result
 
 
-def _preexec(rlimits: list[tuple[int, int, int]]) -> Callable[[], None]:
+def preexec_rlimits(rlimits: list[tuple[int, int, int]]) -> Callable[[], None]:
     setrlimit = resource.setrlimit
 
     def apply() -> None:  # runs between fork and exec: no imports, no allocation worth the name
@@ -152,7 +152,7 @@ def encode_header(module: str, args: Mapping[str, Any]) -> bytes:
     return len(body).to_bytes(HEADER_BYTES, "big") + body
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the child's process group (its pgid is its pid: it was started with setsid)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -161,7 +161,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()  # the group does not exist (yet): setsid has not run in the child
 
 
-def _has_exited(pid: int) -> bool:
+def has_exited(pid: int) -> bool:
     """Exited (a zombie), without reaping it: the pid and the process group id stay reserved."""
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
@@ -175,7 +175,7 @@ def _grow_pipe(stream: IO[bytes] | None) -> None:
             fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _describe_status(returncode: int, signal_offset: int | None) -> str:
+def describe_status(returncode: int, signal_offset: int | None) -> str:
     """A readable exit status; ``signal_offset`` (128 for bwrap) maps exit codes to signals."""
     signum = -returncode if returncode < 0 else 0
     if signal_offset is not None and signal_offset < returncode < signal_offset + 65:
@@ -225,7 +225,7 @@ def run_child(
             cwd=launch.cwd,
             pass_fds=launch.pass_fds,
             start_new_session=True,
-            preexec_fn=_preexec(rlimits),  # setrlimit only, see _preexec
+            preexec_fn=preexec_rlimits(rlimits),  # setrlimit only, see preexec_rlimits
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SandboxError(f"converter {module!r}: could not start {launch.argv[0]}: {exc}") from exc
@@ -253,18 +253,18 @@ def run_child(
         err = bytearray()
         exited = group_killed = False
         while True:
-            if not exited and pidfd is None and _has_exited(proc.pid):
+            if not exited and pidfd is None and has_exited(proc.pid):
                 exited = True
             if exited and not group_killed:
                 # The child is gone: kill anything it left running in its group (a stray grandchild
                 # holding the pipes open would otherwise keep us waiting until the deadline).
-                _kill_group(proc)
+                kill_group(proc)
                 group_killed = True
             if exited and proc.stdout.closed and proc.stderr.closed:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _kill_group(proc)
+                kill_group(proc)
                 raise SandboxTimeout(
                     f"converter {module!r} ran past {limits.timeout_s:g} s and was killed "
                     "with its process group"
@@ -296,7 +296,7 @@ def run_child(
                         continue
                     out_size += len(chunk)
                     if out_size > limits.max_output_bytes:
-                        _kill_group(proc)
+                        kill_group(proc)
                         raise SandboxError(
                             f"converter {module!r} wrote more than {limits.max_output_bytes} bytes "
                             "of output and was killed"
@@ -315,7 +315,7 @@ def run_child(
         reaped = True
     finally:
         if not reaped:
-            _kill_group(proc)
+            kill_group(proc)
             proc.wait()
         selector.close()
         if pidfd is not None:
@@ -326,7 +326,7 @@ def run_child(
     stderr_tail = bytes(err[-_STDERR_KEEP:])
     if returncode != 0:
         log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
-        status = _describe_status(returncode, signal_offset)
+        status = describe_status(returncode, signal_offset)
         raise SandboxError(f"converter {module!r} failed ({status}): {_error_detail(stderr_tail)}")
     if stderr_tail:
         log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))

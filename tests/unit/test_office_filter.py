@@ -10,7 +10,8 @@ and content-type look. Every hostile input built here is first shown to fail the
 (``test_the_check_rejects_every_hostile_input``), so the check is known to see what it looks for; a
 property test corrupts a hostile package at random and requires a refusal, a hold or a clean output.
 Inputs the filter must refuse (malformed, hostile XML) have to raise, so the runner holds them;
-legacy, encrypted and over-cap files are held with their reason. Building the inputs needs no
+encrypted and over-cap files are held with their reason, and so are legacy files with ``legacy = "hold"``
+(their conversion through LibreOffice is tests/unit/test_libreoffice.py's). Building the inputs needs no
 python-docx or openpyxl: the packages (and the OLE files inside them) are written byte by byte here.
 """
 
@@ -38,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
+from support.inert import assert_inert
 
 from detox.config.schema import DetoxConfig
 from detox.converters import office as converter
@@ -49,6 +51,7 @@ from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.libreoffice import DEFAULT_PYTHON, unavailable_reason
 
 with warnings.catch_warnings():  # oletools' pyparsing grammar warns about deprecated names on import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -92,6 +95,12 @@ def sandbox() -> Sandbox:
         _skip_or_fail(f"no sandbox provider here: {exc}")
 
 
+def require_libreoffice() -> None:
+    missing = unavailable_reason("soffice", DEFAULT_PYTHON)
+    if missing is not None:
+        _skip_or_fail(f"LibreOffice cannot run here: {missing}")
+
+
 def _skip_or_fail(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(reason, pytrace=False)
@@ -104,6 +113,7 @@ def ctx(sandbox: Sandbox) -> FilterContext:
 
 
 FILTER = OfficeFilter(OfficeOptions())
+HOLD_LEGACY = OfficeFilter(OfficeOptions(legacy="hold"))
 
 
 def make_part(
@@ -1233,16 +1243,18 @@ def test_legacy_and_encrypted_files_are_held_with_their_reason(ctx: FilterContex
     data, filename, reason = LEGACY_CASES[name]
     detected = detect_type(data)
     part = make_part(data, filename, detected)
-    assert FILTER.applies_to(part), detected
-    verdict = FILTER.process(part, ctx)
+    assert HOLD_LEGACY.applies_to(part), detected
+    verdict = HOLD_LEGACY.process(part, ctx)
     assert (verdict.action, verdict.reason) == (Action.HOLD, reason)
+    if reason == "encrypted":  # found before LibreOffice would be asked, whatever ``legacy`` says
+        assert FILTER.process(part, ctx).reason == "encrypted"
 
 
-def test_rtf_attachment_is_held_without_a_sandbox() -> None:
+def test_rtf_attachment_is_held_without_a_sandbox_when_legacy_is_held() -> None:
     rtf = rb"{\rtf1\ansi{\object\objemb{\*\objdata 0105000002000000}}}"
     part = make_part(rtf, "letter.rtf")
     assert part.detected_type == "text/rtf"
-    verdict = FILTER.process(part, FilterContext("Q", "example.jp", CONFIG, sandbox=None))
+    verdict = HOLD_LEGACY.process(part, FilterContext("Q", "example.jp", CONFIG, sandbox=None))
     assert (verdict.action, verdict.reason) == (Action.HOLD, "legacy-office")
     assert not FILTER.applies_to(make_part(rtf, None, role=Role.BODY))  # RTF bodies are the rtf filter's
 
@@ -1393,6 +1405,7 @@ def test_filter_accepts_a_plausible_converter_result() -> None:
 
 
 def test_through_the_pipeline(sandbox: Sandbox, tmp_path: Path) -> None:
+    require_libreoffice()  # the RTF attachment becomes a PDF
     docm = docx(
         paragraph("本文"),
         main_type="application/vnd.ms-word.document.macroEnabled.main+xml",
@@ -1425,15 +1438,19 @@ def test_through_the_pipeline(sandbox: Sandbox, tmp_path: Path) -> None:
         "replace",
         {"vba-project": 1},
     )
-    assert (records["手紙.rtf"].action, records["手紙.rtf"].reason) == ("hold", "legacy-office")
+    assert (records["手紙.rtf"].filter, records["手紙.rtf"].action) == ("office", "replace")
     assert (records["秘.doc"].action, records["秘.doc"].reason) == ("hold", "encrypted")
     assert (records["請求書.docx"].action, records["請求書.docx"].reason) == ("hold", "filter-error")
     assert "office-disarmed=1" in result.actions
+    assert "office-rasterized=1" in result.actions
 
     out = email.message_from_bytes(result.output, policy=email.policy.default)
     assert isinstance(out, EmailMessage)
     attachments = {a.get_filename(): a for a in out.iter_attachments()}
-    assert set(attachments) == {"議事録.docx"}
+    assert set(attachments) == {"議事録.docx", "手紙.pdf"}
+    letter = attachments["手紙.pdf"].get_content()
+    assert isinstance(letter, bytes)
+    assert_inert(letter)
     attachment = attachments["議事録.docx"]
     assert attachment.get_content_type() == WML + "document"
     payload = attachment.get_content()
@@ -1498,9 +1515,11 @@ EXPECTED: dict[str, tuple[str, str | dict[str, int]]] = {
     "oletools/encrypted/encrypted.doc": ("hold", "encrypted"),
     "oletools/encrypted/encrypted.xls": ("hold", "encrypted"),
     "oletools/encrypted/autostart-encrypt-standardpassword.xlsm": ("hold", "encrypted"),
-    "dangerzone/sample-doc.doc": ("hold", "legacy-office"),
+    "dangerzone/sample-doc.doc": ("replace", {}),
     "dangerzone/sample-docx.docx": ("replace", {}),
-    "pycirclean/normal/rich_text.rtf": ("hold", "legacy-office"),
+    "pycirclean/normal/rich_text.rtf": ("replace", {}),
+    "oletools/excel4-macros/excel4_sample_macro.xls": ("replace", {"xlm-macrosheet": 1}),
+    "oletools/oleobj/sample_with_calc_embedded.doc": ("replace", {"ole-embedding": 1}),
 }
 
 
@@ -1532,7 +1551,12 @@ def test_corpus_documents_are_disarmed_and_checked_or_held(
     assert verdict.action in (Action.REPLACE, Action.HOLD), verdict
     if verdict.action is Action.REPLACE:
         assert verdict.output is not None and verdict.output.data != data
-        check_output(verdict.output.data, verdict.output.content_type, tmp_path, hyperlinks=False)
+        if verdict.output.content_type == "application/pdf":  # a legacy file, rasterized
+            assert verdict.notes == ("office-rasterized",)
+            pdf = assert_inert(verdict.output.data)
+            assert all(page.obj.Resources.get("/Font") is None for page in pdf.pages)
+        else:
+            check_output(verdict.output.data, verdict.output.content_type, tmp_path, hyperlinks=False)
         outcome: tuple[str, str | dict[str, int]] = ("replace", dict(verdict.removed))
     else:
         outcome = ("hold", verdict.reason)
