@@ -45,9 +45,7 @@ Names
     * Members whose path is absolute, has a drive letter, a ``..`` segment, or a NUL or control
       character, are refused (never extracted) and listed.
 
-Wire format of the result (what :func:`unpack_result` reads)::
-
-    b"DXA1" | uint32 big-endian N | N bytes of UTF-8 JSON object | member bytes, concatenated
+Wire format of the result: :mod:`detox.converters.wire`, the payload the member bytes, concatenated.
 
 The JSON object has ``status``: ``"ok"`` or ``"held"``. A held result has ``reason`` (one of
 :data:`HELD_REASONS`), ``detail`` (a short English text for the logs) and no member bytes. An ok
@@ -63,7 +61,6 @@ from __future__ import annotations
 import bz2
 import importlib
 import io
-import json
 import lzma
 import stat
 import struct
@@ -76,8 +73,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MAGIC = b"DXA1"
-_HEADER = struct.Struct(">4sI")
+from detox.converters import wire
+
 MAX_META_BYTES = 8 * 1024 * 1024
 CHUNK = 64 * 1024
 MAX_PATH_CHARS = 1024
@@ -127,25 +124,15 @@ class Held(Exception):
 
 
 def pack_result(meta: Mapping[str, Any], chunks: list[bytes] | None = None) -> bytes:
-    header = json.dumps(dict(meta), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(header) > MAX_META_BYTES:
-        raise Held("limit-exceeded", "member list too large")
-    return b"".join([_HEADER.pack(MAGIC, len(header)), header, *(chunks or [])])
+    try:
+        return wire.pack_result(meta, *(chunks or []), max_header_bytes=MAX_META_BYTES)
+    except ValueError:
+        raise Held("limit-exceeded", "member list too large") from None
 
 
 def unpack_result(raw: bytes) -> tuple[dict[str, Any], bytes]:
     """Split a converter result into (metadata, member bytes). Raises ValueError when malformed."""
-    if len(raw) < _HEADER.size:
-        raise ValueError("archive converter result too short")
-    magic, size = _HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise ValueError("archive converter result has no DXA1 header")
-    if size > MAX_META_BYTES or _HEADER.size + size > len(raw):
-        raise ValueError("archive converter result header length out of range")
-    meta = json.loads(raw[_HEADER.size : _HEADER.size + size].decode("utf-8"))
-    if not isinstance(meta, dict):
-        raise ValueError("archive converter metadata is not an object")
-    return meta, raw[_HEADER.size + size :]
+    return wire.unpack_result(raw, max_header_bytes=MAX_META_BYTES)
 
 
 # -- caps and the collector --------------------------------------------------------------------

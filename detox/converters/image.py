@@ -30,9 +30,7 @@ to sRGB here, inside the sandbox, keeps the colours right for the images mail ca
 in Display P3, CMYK scans). A profile the colour engine rejects is ignored and the pixels are
 converted without it.
 
-Wire format of the result (what :func:`unpack_result` reads)::
-
-    b"DXI1" | uint32 big-endian N | N bytes of UTF-8 JSON object | image bytes
+Wire format of the result: :mod:`detox.converters.wire`, the payload the image bytes.
 
 An image over a cap (pixels, sides, a decompression bomb) is not an error but an answer: the JSON
 object is then ``{"status": "held", "reason": "limit-exceeded", "detail": ...}`` with no image bytes,
@@ -48,9 +46,7 @@ app-segment, timestamp, unknown-chunk, app-extension, trailing-data, script, eve
 from __future__ import annotations
 
 import io
-import json
 import re
-import struct
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -58,9 +54,8 @@ from typing import Any, NamedTuple
 
 from PIL import Image, ImageCms, JpegImagePlugin
 
-MAGIC = b"DXI1"
-_HEADER = struct.Struct(">4sI")
-MAX_META_BYTES = 64 * 1024
+from detox.converters import wire
+from detox.converters.wire import unpack_result as unpack_result
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 OUTPUT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
@@ -93,25 +88,10 @@ class ImageRejected(ValueError):
 
 
 def pack_result(meta: Mapping[str, Any], image: bytes) -> bytes:
-    header = json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    if len(header) > MAX_META_BYTES:
-        raise ImageRejected("result metadata too large")
-    return _HEADER.pack(MAGIC, len(header)) + header + image
-
-
-def unpack_result(raw: bytes) -> tuple[dict[str, Any], bytes]:
-    """Split a converter result into (metadata, image bytes). Raises ValueError when malformed."""
-    if len(raw) < _HEADER.size:
-        raise ValueError("image converter result too short")
-    magic, size = _HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise ValueError("image converter result has no DXI1 header")
-    if size > MAX_META_BYTES or _HEADER.size + size > len(raw):
-        raise ValueError("image converter result header length out of range")
-    meta = json.loads(raw[_HEADER.size : _HEADER.size + size].decode("utf-8"))
-    if not isinstance(meta, dict):
-        raise ValueError("image converter metadata is not an object")
-    return meta, raw[_HEADER.size + size :]
+    try:
+        return wire.pack_result(meta, image)
+    except ValueError as exc:
+        raise ImageRejected(str(exc)) from None
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -98,13 +98,10 @@ What is removed (the ``removed`` counts name the kinds)
     data, document properties. Images and fonts are copied unchanged: a memory-safety bug in the
     recipient's image or font decoder is the residual risk of this conversion (as in PDF sanitize).
 
-Wire format of the result (what :func:`unpack_result` reads)::
+Wire format of the result: :mod:`detox.converters.wire`, the payload the new package (empty when the
+status is "held").
 
-    4 bytes   N, unsigned big-endian: the length of the header
-    N bytes   the header, a UTF-8 JSON object
-    rest      the new package (empty when the status is "held")
-
-Header keys: ``format`` (1), ``status`` ("ok" or "held"); when ok: ``content_type`` (the output's
+Header keys: ``status`` ("ok" or "held"); when ok: ``content_type`` (the output's
 MIME type, one of :data:`OUTPUT_TYPES`), ``extension`` (``docx``...), ``kind`` (word/excel/
 powerpoint), ``source_type`` (the input's main content type), ``parts`` (members written) and
 ``removed`` ({kind: count}); when held: ``reason`` (one of :data:`HELD_REASONS`) and ``detail``, and for
@@ -116,7 +113,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import json
 import posixpath
 import re
 import struct
@@ -129,9 +125,9 @@ from urllib.parse import unquote
 
 from lxml import etree
 
-FORMAT_VERSION = 1
-_LEN = struct.Struct(">I")
-MAX_HEADER_BYTES = 64 * 1024
+from detox.converters.wire import pack_result as pack_result
+from detox.converters.wire import unpack_result as unpack_result
+
 HELD_REASONS = frozenset({"encrypted", "legacy-office", "limit-exceeded", "unsupported-type"})
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -330,26 +326,6 @@ class NotInertError(Exception):
 
 
 # -- the wire format ---------------------------------------------------------------------------
-
-
-def pack_result(header: Mapping[str, Any], package: bytes = b"") -> bytes:
-    blob = json.dumps({"format": FORMAT_VERSION, **header}, sort_keys=True).encode("utf-8")
-    if len(blob) > MAX_HEADER_BYTES:
-        raise ValueError("result header too large")
-    return _LEN.pack(len(blob)) + blob + package
-
-
-def unpack_result(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """Split a converter answer into (header, package bytes); ValueError when it is not one."""
-    if len(data) < _LEN.size:
-        raise ValueError("converter output too short for a header")
-    (size,) = _LEN.unpack_from(data)
-    if size > MAX_HEADER_BYTES or _LEN.size + size > len(data):
-        raise ValueError("converter header length out of range")
-    header = json.loads(data[_LEN.size : _LEN.size + size].decode("utf-8"))
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise ValueError("converter header is not a format-1 object")
-    return header, data[_LEN.size + size :]
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -44,13 +44,10 @@ Two modes, chosen by ``args["mode"]``:
     same walk as sanitize, on a copy that is thrown away), best effort: a file pikepdf cannot read
     but pdfium can render still gets rasterized, with no counts.
 
-Output format (both modes)::
+Output format (both modes): :mod:`detox.converters.wire`, the payload the new PDF (empty when the
+header's status is "held").
 
-    4 bytes   N, unsigned big-endian: the length of the header
-    N bytes   the header, a UTF-8 JSON object
-    rest      the new PDF (empty when the header's status is "held")
-
-Header keys: ``format`` (1), ``status`` ("ok" or "held"), ``mode``; when ok: ``pages`` (page count of
+Header keys: ``status`` ("ok" or "held"), ``mode``; when ok: ``pages`` (page count of
 the output, equal to the input's) and ``removed`` ({kind: count}: one per action removed, by the kinds
 of :data:`ACTION_KINDS`, any action carrying ``/JS`` as ``javascript``, an action named from several
 places once; ``open-action`` for the catalog entry itself; ``embedded-file`` per name-tree entry,
@@ -64,21 +61,19 @@ filter holds the part as a filter error. :func:`unpack_result` reads the format 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from detox.converters.wire import pack_result as pack_result
+from detox.converters.wire import unpack_result as unpack_result
+
 if TYPE_CHECKING:
     import pikepdf
 
-FORMAT_VERSION = 1
-_LEN = struct.Struct(">I")
-MAX_HEADER_BYTES = 64 * 1024
 HELD_REASONS = frozenset({"encrypted", "limit-exceeded"})
 
 DEFAULTS: Mapping[str, Any] = {
@@ -172,24 +167,6 @@ class NotInertError(Exception):
 
 
 # -- the result format ------------------------------------------------------------------------
-
-
-def pack_result(header: Mapping[str, Any], pdf: bytes = b"") -> bytes:
-    blob = json.dumps({"format": FORMAT_VERSION, **header}, sort_keys=True).encode("utf-8")
-    return _LEN.pack(len(blob)) + blob + pdf
-
-
-def unpack_result(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """Split a converter answer into (header, pdf); ValueError when it is not one."""
-    if len(data) < _LEN.size:
-        raise ValueError("converter output too short for a header")
-    (size,) = _LEN.unpack_from(data)
-    if size > MAX_HEADER_BYTES or _LEN.size + size > len(data):
-        raise ValueError("converter header length out of range")
-    header = json.loads(data[_LEN.size : _LEN.size + size].decode("utf-8"))
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise ValueError("converter header is not a format-1 object")
-    return header, data[_LEN.size + size :]
 
 
 # -- entry point ------------------------------------------------------------------------------

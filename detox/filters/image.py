@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.converters.image import RSVG_PATH, unpack_result
+from detox.converters.image import RSVG_PATH
+from detox.converters.wire import unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict

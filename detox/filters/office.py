@@ -55,7 +55,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from detox.converters import pdf as pdf_converter
-from detox.converters.office import HELD_REASONS, MAX_HEADER_BYTES, OUTPUT_TYPES, unpack_result
+from detox.converters.office import HELD_REASONS, OUTPUT_TYPES
+from detox.converters.wire import MAX_HEADER_BYTES, PREFIX_BYTES, unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
@@ -185,7 +186,7 @@ class OfficeFilter(Filter):
             configured,
             timeout_s=_left(deadline),
             cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
-            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + 4,
+            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
             max_file_bytes=16 * _MIB,  # it writes no files
             max_open_files=64,
         )
@@ -264,7 +265,7 @@ class OfficeFilter(Filter):
         )
         raw = ctx.sandbox.run("pdf", conversion.pdf, args, limits)
         try:
-            header, pdf = pdf_converter.unpack_result(raw)
+            header, pdf = unpack_result(raw)
         except ValueError as exc:
             raise SandboxError(f"pdf converter answered something unreadable: {exc}") from None
         if header.get("mode") != "rasterize":

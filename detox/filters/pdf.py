@@ -35,7 +35,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.converters.pdf import HELD_REASONS, unpack_result
+from detox.converters.pdf import HELD_REASONS
+from detox.converters.wire import unpack_result
 from detox.errors import SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict

@@ -650,7 +650,6 @@ def test_rasterize_page_cap_holds() -> None:
     data = save(text_pdf(200))
     header, out = convert(data, mode="rasterize")
     assert header == {
-        "format": 1,
         "status": "held",
         "mode": "rasterize",
         "reason": "limit-exceeded",
