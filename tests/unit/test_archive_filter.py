@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pikepdf
 import pytest
 from PIL import Image, PngImagePlugin
 from support.inert import OFFICE_OUTPUT_TYPES, assert_office_clean, assert_zip_clean
+from support.sandboxes import skip_or_fail
 
 from detox.config.schema import DetoxConfig, NoticeConfig
 from detox.converters import archive as converter
@@ -85,16 +86,10 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 MIB = 1024 * 1024
 
 
-def _skip_or_fail(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
 def make_pipeline(**options: Any) -> Pipeline:
     pipeline = Pipeline(CONFIG, filters=[ArchiveFilter(ArchiveOptions(**options)), *build_pipeline(CONFIG)])
     if pipeline.sandbox is None:
-        _skip_or_fail("no bubblewrap sandbox here: archives are only opened inside one")
+        skip_or_fail("no bubblewrap sandbox here: archives are only opened inside one")
     return pipeline
 
 

@@ -20,10 +20,11 @@ import zlib
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from PIL import ExifTags, Image, ImageCms, PngImagePlugin
+from support.sandboxes import real_sandbox
 
 from detox.config.schema import DetoxConfig
 from detox.converters import image as converter
@@ -48,22 +49,7 @@ HAVE_RSVG = image_filter.rsvg_convert() is not None
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    """The real provider the config names (bwrap). Skipped with the reason where it cannot exist;
-    under CI=true that is a failure, so nothing is skipped silently there."""
-    try:
-        from detox.sandbox import make_sandbox
-    except ImportError as exc:  # the providers are not in this checkout yet
-        _skip_or_fail(f"detox.sandbox.make_sandbox is not available: {exc}")
-    try:
-        return make_sandbox(CONFIG)
-    except (ImportError, SandboxError) as exc:
-        _skip_or_fail(f"no sandbox provider here: {exc}")
-
-
-def _skip_or_fail(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    return real_sandbox(CONFIG)
 
 
 @pytest.fixture

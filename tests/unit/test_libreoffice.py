@@ -27,7 +27,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,14 +38,13 @@ import zipfile
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import NoReturn
 
 import pikepdf
 import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pytest
 from pydantic import ValidationError
-from support import in_ci
 from support.inert import MARK, assert_inert
+from support.sandboxes import require_libreoffice
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -75,20 +73,6 @@ FILTER = OfficeFilter(OfficeOptions())
 MiB = 1024 * 1024
 
 # -- requirements -------------------------------------------------------------------------------
-
-
-def _skip_or_fail(reason: str) -> NoReturn:
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_libreoffice() -> None:
-    if shutil.which("bwrap") is None:
-        _skip_or_fail("bubblewrap is not installed")
-    missing = libreoffice.unavailable_reason("soffice", libreoffice.DEFAULT_PYTHON)
-    if missing is not None:
-        _skip_or_fail(f"LibreOffice cannot run here: {missing}")
 
 
 @pytest.fixture(scope="module")

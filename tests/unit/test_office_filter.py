@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 from support.inert import assert_inert
+from support.sandboxes import real_sandbox, require_libreoffice
 
 from detox.config.schema import DetoxConfig
 from detox.converters import office as converter
@@ -51,7 +52,6 @@ from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
-from detox.sandbox.libreoffice import DEFAULT_PYTHON, unavailable_reason
 
 with warnings.catch_warnings():  # oletools' pyparsing grammar warns about deprecated names on import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -85,26 +85,7 @@ OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    """The real provider the config names (bwrap). Skipped with the reason where it cannot exist;
-    under CI=true that is a failure, so nothing is skipped silently there."""
-    from detox.sandbox import make_sandbox
-
-    try:
-        return make_sandbox(CONFIG)
-    except (ImportError, SandboxError) as exc:
-        _skip_or_fail(f"no sandbox provider here: {exc}")
-
-
-def require_libreoffice() -> None:
-    missing = unavailable_reason("soffice", DEFAULT_PYTHON)
-    if missing is not None:
-        _skip_or_fail(f"LibreOffice cannot run here: {missing}")
-
-
-def _skip_or_fail(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    return real_sandbox(CONFIG)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pytest
 from pikepdf import Array, Dictionary, Name, String
 from support.inert import MARK, assert_inert
+from support.sandboxes import real_sandbox
 
 from detox.config.schema import DetoxConfig, SandboxConfig
 from detox.converters import pdf as conv
@@ -38,7 +39,6 @@ from detox.pipeline import runner
 from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
-from detox.sandbox import make_sandbox
 from detox.sandbox.base import Limits, Sandbox
 
 TEXT = "Hello detox"
@@ -745,18 +745,9 @@ class InProcessSandbox(Sandbox):
             raise SandboxError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _make_sandbox() -> Sandbox:
-    """bubblewrap, as in production; the plain-subprocess provider where bwrap cannot run."""
-    try:
-        return make_sandbox(DetoxConfig(sandbox=SandboxConfig(provider="bwrap")))
-    except SandboxError:
-        config = DetoxConfig(sandbox=SandboxConfig(provider="subprocess", allow_unsandboxed=True))
-        return make_sandbox(config)
-
-
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    return _make_sandbox()
+    return real_sandbox()
 
 
 def _ctx(sandbox: Sandbox | None) -> FilterContext:
