@@ -1,4 +1,4 @@
-"""The ``detox`` command: serve, scan, check-config, filters, quarantine, audit.
+"""The ``detox`` command: serve, scan, check-config, filters, quarantine, audit, queue, reload.
 
 Exit codes: 0 success; 1 internal error (and ``audit verify``: the chain is broken); 2 usage or
 configuration error, or an operation refused by a rule; 3 the named message, part or log does not exist.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from detox import __version__
 from detox.cli_admin import register, scan_summary
+from detox.cli_queue import register as register_queue
 from detox.config.loader import load_config, parse_deliver_to, parse_listen
 from detox.config.schema import DetoxConfig
 from detox.dryrun import is_multi, scan_envelope
@@ -56,7 +57,8 @@ def _setup_logging(config: DetoxConfig) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args.config))
+    config_path = _config_path(args.config)
+    config = load_config(config_path)
     listen = parse_listen(
         args.listen or config.server.listen, file="--listen" if args.listen else "config", key="server.listen"
     )
@@ -71,7 +73,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        service = Service(config, listen, deliver_to)
+        service = Service(
+            config, listen, deliver_to, config_path=config_path, deliver_to_fixed=bool(args.deliver_to)
+        )
+        reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+        def reload() -> None:
+            task = loop.create_task(service.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await service.run(stop)
 
     import uvloop
@@ -226,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML file (default: $DETOX_CONFIG or /etc/detox/detox.toml)")
     common.set_defaults(load_config=lambda path: load_config(_config_path(path)))
     register(sub, common)
+    register_queue(sub, common)
     return parser
 
 

@@ -28,6 +28,10 @@ class SpoolError(DetoxError):
     """The spool could not durably store or read a message (answer 4xx, never lose mail)."""
 
 
+class SpoolCorrupt(SpoolError):
+    """A spool entry is damaged or incomplete (not a passing I/O problem): it is moved aside."""
+
+
 class FilterError(DetoxError):
     """A filter failed on a part; the runner maps it to the configured ``on_error``."""
 

@@ -100,6 +100,8 @@ def build(entries: Iterable[Entry], start: datetime, end: datetime, chain: Verif
                 if part.get("role") == "attachment":
                     report.attachments[(str(part.get("action")), str(part.get("reason") or "-"))] += 1
         elif event in ("delivered", "failed") and isinstance(queue_id, str):
+            if rec.get("kind") == "dsn":  # our own DSN to a sender: not a message that came in
+                continue
             if queue_id in releases:
                 releases[queue_id]["status"] = event
                 continue

@@ -49,6 +49,11 @@ def init_worker(config: DetoxConfig) -> None:
     )
 
 
+def ready() -> bool:
+    """A no-op job: once it returns, the worker has started and run init_worker."""
+    return _state is not None
+
+
 def detoxify_spooled(queue_id: str) -> dict[str, Any]:
     """Detoxify one spooled message; return its report. Raises to let the parent retry."""
     assert _state is not None, "init_worker was not called"

@@ -83,6 +83,15 @@ def validate_semantics(config: DetoxConfig, file: str) -> None:
 
     parse_listen(config.server.listen, file=file)
     parse_deliver_to(config.delivery.deliver_to, file=file)
+    if config.delivery.bounce_via:
+        parse_deliver_to(config.delivery.bounce_via, file=file, key="delivery.bounce_via")
+    if config.delivery.bounce_from and "@" not in config.delivery.bounce_from:
+        raise ConfigError(file, "delivery.bounce_from", "expected an address like MAILER-DAEMON@host")
+    from detox.dsn import check_bounce_text  # late: dsn imports the schema
+
+    problem = check_bounce_text(config.delivery.bounce_text)
+    if problem:
+        raise ConfigError(file, "delivery.bounce_text", problem)
     known = available_filters()
     seen: set[str] = set()
     for i, name in enumerate(config.pipeline.order):

@@ -45,6 +45,14 @@ class ServerConfig(Strict):
     tls_key: str = ""
     require_tls: bool = False
     timeout_s: PositiveFloat = 300.0
+    # Concurrent SMTP sessions, in all and from one client address; more → 421 4.7.0 at connect.
+    # Behind a relay (e.g. the prefecture's security cloud) every session comes from a few
+    # addresses: raise max_sessions_per_client towards max_sessions there.
+    max_sessions: PositiveInt = 200
+    max_sessions_per_client: PositiveInt = 50
+    # SIGTERM: how long sessions in DATA, detoxifications and deliveries already under way may
+    # take to finish; whatever is still running then is handed back to the spool.
+    shutdown_timeout_s: PositiveFloat = 30.0
 
     @field_validator("accepted_domains")
     @classmethod
@@ -52,6 +60,25 @@ class ServerConfig(Strict):
         if not v:
             raise ValueError("at least one accepted domain is needed (no open relay)")
         return tuple(d.strip().lower().rstrip(".") for d in v)
+
+
+DEFAULT_BOUNCE_TEXT = """\
+このメールは $hostname（インターネットから届くメールを無害化して庁内へ中継するサーバ）が自動で送信しています。
+お送りいただいたメールを、次の宛先にお届けできませんでした。
+
+This is an automatic message from $hostname, the gateway that relays mail from the Internet
+into our network after making it harmless. Your message could not be delivered to the
+recipient(s) below.
+
+  件名 / Subject:        $subject
+  受付日時 / Received:   $received_at
+  受付番号 / Queue ID:   $queue_id
+
+$recipients
+
+宛先に誤りがないかご確認ください。このメールには返信しないでください。
+Please check the address. Do not reply to this message.
+"""
 
 
 class DeliveryConfig(Strict):
@@ -63,6 +90,22 @@ class DeliveryConfig(Strict):
     retry_base_s: PositiveFloat = 30.0
     retry_max_s: PositiveFloat = 3600.0
     helo_name: str = ""
+    # A recipient still not delivered this long after the message was received is given up
+    # (status 4.4.7) and the sender gets a delivery status notification, if one may be sent.
+    max_age_days: PositiveFloat = 5.0
+    # Where DSNs go: the Internet-side MTA ("smtp://HOST:PORT") or "maildir:PATH"; "" = none are
+    # sent, each one that would have been is recorded (bounce_suppressed) for the admin.
+    bounce_via: str = ""
+    bounce_from: str = ""  # the DSN's From: header; default MAILER-DAEMON@server.hostname
+    # No DSN for a message any part of which was held for one of these reasons: its sender is
+    # most likely forged, and a DSN would be backscatter (see README).
+    no_bounce_reasons: tuple[str, ...] = (
+        "executable",
+        "encrypted-archive",
+        "archive-bomb",
+        "archive-member-unsafe",
+    )
+    bounce_text: str = DEFAULT_BOUNCE_TEXT  # the human part, string.Template (see README)
 
 
 class StorageConfig(Strict):
@@ -76,6 +119,15 @@ class LimitsConfig(Strict):
     max_mime_parts: PositiveInt = 500
     max_text_chars: PositiveInt = 2_000_000
     message_timeout_s: PositiveFloat = 120.0
+    # SMTP DATA: a longer line (LF-terminated, CRLF or bare LF) → 500 5.6.0; more header fields
+    # or a larger header section → 552 5.3.4. Long lines below the cap go to the pipeline.
+    max_line_length: PositiveInt = 1024 * 1024
+    max_header_count: PositiveInt = 1000
+    max_header_bytes: PositiveInt = 1024 * 1024
+    # Back-pressure: while this many accepted messages (or bytes) wait for the pipeline,
+    # MAIL, RCPT and DATA get 451 4.3.2 and the sender's MTA keeps the mail.
+    max_backlog_messages: PositiveInt = 1000
+    max_backlog_bytes: PositiveInt = 1024 * 1024 * 1024
 
 
 class FilterSettings(Strict):
@@ -105,6 +157,9 @@ class PipelineConfig(Strict):
     )
     unhandled: Literal["hold", "drop"] = "hold"
     workers: int = Field(default=0, ge=0)  # 0 = one per CPU core
+    # A message whose detoxification crashes its worker, times out or fails this many times
+    # (counted in the spool, across restarts) is moved to spool/failed/ and held for the admin.
+    max_attempts: PositiveInt = 5
 
 
 class BodyConfig(Strict):

@@ -82,6 +82,8 @@ class SmtpDeliverer(Deliverer):
 
     async def _deliver(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Outcome]:
         rcpts = list(recipients)
+        if mail_from == "<>":  # the null sender as older spool entries store it; aiosmtplib wants ""
+            mail_from = ""
         try:
             async with self._lease() as client:
                 errors, response = await client.sendmail(mail_from, rcpts, data)
@@ -97,6 +99,9 @@ class SmtpDeliverer(Deliverer):
             if exc.code == 421:
                 raise _ConnectionLost(f"{exc.code} {exc.message}") from exc
             return {r: Outcome(_status(exc.code), exc.code, exc.message) for r in rcpts}
+        except ValueError as exc:
+            # aiosmtplib refuses to put this address in a command (e.g. a space in it): no retry helps.
+            return {r: Outcome(Status.FAILED, None, f"address not usable in SMTP: {exc}") for r in rcpts}
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             log.warning("delivery to %s:%s failed: %s", self.host, self.port, for_log(repr(exc)))
             return {r: Outcome(Status.DEFERRED, None, f"{type(exc).__name__}: {exc}") for r in rcpts}

@@ -62,8 +62,10 @@ class DetoxProcess:
         deliver_to: str,
         overrides: dict[str, dict[str, Any]] | None = None,
         port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.env = env or {}  # extra environment, e.g. PYTHONPATH with test-only filters
         self.port = port or free_port()
         self.deliver_to = deliver_to
         sections: dict[str, dict[str, Any]] = {
@@ -85,7 +87,7 @@ class DetoxProcess:
                 cwd=self.workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         try:
             wait_port("127.0.0.1", self.port)
