@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.text.charset import decode_body
+from detox.text.html import strip_invisible
 from detox.text.urls import defang_urls
 
 CALENDAR_TYPES = frozenset({"text/calendar", "application/ics", "text/x-vcalendar", "application/x-ical"})
@@ -89,6 +90,9 @@ class CalendarFilter(Filter):
             text, removed = render(decoded.text, options)
         except TooLarge:
             return Verdict(Action.HOLD, reason="limit-exceeded")
+        # The event's texts are the sender's: no control or invisible character reaches the reader.
+        text, invisible, control = strip_invisible(text)
+        removed.update({k: v for k, v in (("invisible", invisible), ("control", control)) if v})
         notes = ["calendar-converted"]
         if ctx.defang_urls:
             defanged = defang_urls(text)

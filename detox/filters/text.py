@@ -50,6 +50,8 @@ _BINARY_MAGIC = (
 # Names a text attachment may keep: nothing Windows or a browser executes or renders.
 _TEXT_EXTENSIONS = frozenset({"txt", "text", "csv", "tsv", "log", "md", "dat", "prn"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# What a re-encoded text attachment must not carry (as the body): C0/C1 controls but TAB, LF, FF, CR.
+_OUTPUT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
 def _looks_textual(part: Part, decoded: Decoded) -> bool:
@@ -174,7 +176,9 @@ class TextAttachmentFilter(Filter):
         decoded = decode_body(part.payload, part.charset_label)
         if not _looks_textual(part, decoded):
             return Verdict(Action.HOLD, reason="not-text")
-        data = decoded.text.encode("utf-8")
+        # Up to 2 % control characters pass _looks_textual; like the body's, they are removed.
+        text, control = _OUTPUT_CONTROL.subn("", decoded.text)
+        data = text.encode("utf-8")
         is_csv = part.declared_type in ("text/csv", "text/comma-separated-values")
         ctype = "text/csv" if is_csv else "text/plain"
         suffix = ".csv" if is_csv else ".txt"
@@ -186,6 +190,7 @@ class TextAttachmentFilter(Filter):
         return Verdict(
             Action.REPLACE,
             output=Output(ctype, data, name, "utf-8"),
+            removed={"control": control} if control else {},
             notes=("text-reencoded",),
             charset=decoded.charset,
         )

@@ -14,6 +14,7 @@ arrive as surrogate escapes (``msg.raw_items()`` on a ``message_from_bytes`` res
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -167,7 +168,20 @@ def _unfolded_text(untrusted_raw: str) -> str:
 
 def decode_header_value(untrusted_raw: str) -> str:
     """A raw header value as clean Unicode: unfolded, RFC 2047 decoded and repaired, no controls."""
+    if len(untrusted_raw) <= _CACHED_HEADER_CHARS:
+        return _decode_header_cached(untrusted_raw)
+    return _decode_header(untrusted_raw)
+
+
+def _decode_header(untrusted_raw: str) -> str:
     return _clean(_decode_words(_unfolded_text(untrusted_raw)))
+
+
+# The same values are decoded again and again: From, To, Subject and Message-ID once for the output
+# and once for the report, a sender's From and the recipients' To in mail after mail. Decoding is a
+# pure function of the raw value; short values are remembered (bounded: count and length).
+_CACHED_HEADER_CHARS: Final = 1024
+_decode_header_cached = functools.lru_cache(maxsize=256)(_decode_header)
 
 
 # ============================================================================ file names
@@ -244,11 +258,21 @@ def _rfc2231(sections: dict[int, tuple[bool, str]]) -> str:
         label, _lang, rest = first.split("'", 2)
         ordered[0] = (True, rest)
     codec = normalize_label(label)
-    data = b"".join(
-        _pct_decode(value, codec) if extended else _encode_literal(value, codec)
-        for extended, value in ordered
-    )
-    return decode_body(data, label).text
+    # Consecutive extended sections are joined before percent-decoding: some senders cut the value
+    # inside a %XX escape ("...%E" / "8%B0..."), which decoded section by section leaves a literal "%".
+    chunks: list[bytes] = []
+    pending: list[str] = []
+    for extended, value in ordered:
+        if extended:
+            pending.append(value)
+            continue
+        if pending:
+            chunks.append(_pct_decode("".join(pending), codec))
+            pending = []
+        chunks.append(_encode_literal(value, codec))
+    if pending:
+        chunks.append(_pct_decode("".join(pending), codec))
+    return decode_body(b"".join(chunks), label).text
 
 
 def _param(raw: str, wanted: str) -> str | None:

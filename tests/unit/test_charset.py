@@ -584,6 +584,23 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
     "subject-split-broken-mua.eml": [
         ("text/plain", "utf-8", "label", "来庁者駐車場の利用を制限します。\r\n"),
     ],
+    "message-id-8bit-hostname.eml": [
+        (
+            "text/plain",
+            "iso-2022-jp-ms",
+            "label",
+            "髙橋のパソコンから送信しています。\r\n①会議は１２月３日（水）です。\r\n㈱髙﨑商事 髙橋\r\n",
+        ),
+    ],
+    "attachment-rfc2231-split-escape.eml": [
+        ("text/plain", "iso-2022-jp-ms", "label", "議事録をお送りします。"),
+        (
+            "text/plain",
+            "cp932",
+            "label",
+            ["\x1b[31m【重要】\x1b[0m", "出席者：情報政策課、総務課、㈱髙﨑商事"],
+        ),
+    ],
 }
 
 
@@ -635,7 +652,7 @@ def test_fixture_rtf_body() -> None:
 
 def test_every_fixture_is_crlf_and_parses() -> None:
     names = sorted(p.name for p in FIXTURES.glob("*.eml"))
-    assert len(names) == 20
+    assert len(names) == 24
     for name in names:
         raw = (FIXTURES / name).read_bytes()
         assert b"\n" not in raw.replace(b"\r\n", b""), name

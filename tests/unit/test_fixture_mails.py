@@ -163,6 +163,35 @@ CASES: dict[str, tuple[str, list[str], list[str], list[str], list[str]]] = {
         ["invite.ics.txt"],
         [],
     ),
+    # Found by fuzzing and the property tests (tests/fuzz, tests/property); see fixtures/mail/README.md.
+    "message-id-8bit-hostname.eml": (
+        "【連絡】会議日程の件",
+        ["髙橋のパソコンから送信しています。", "①会議は１２月３日（水）です。", "㈱髙﨑商事 髙橋"],
+        [],
+        [],
+        [],
+    ),
+    "attachment-rfc2231-split-escape.eml": (
+        "議事録の送付",
+        ["議事録をお送りします。"],
+        [],
+        ["議事録（髙橋）.txt"],
+        [],
+    ),
+    "content-type-raw-iso2022jp.eml": (
+        "ファイル送付（種類不明）",
+        ["ファイルを送ります。", "名前のない添付ファイル（application/x-$b%u%!%$%k(b）"],
+        ["\x1b"],
+        [],
+        [],
+    ),
+    "calendar-control-chars.eml": (
+        "①定例会議のご案内",
+        ["定例会議の予定表を添付します。", "予定表ファイル（.ics）1 件"],
+        [],
+        ["meeting.ics.txt"],
+        [],
+    ),
 }
 
 

@@ -407,6 +407,10 @@ FIXTURE_HEADERS: dict[str, tuple[str, str, list[str]]] = {
         "総務課 髙﨑 <somebody@example.jp>",
         [],
     ),
+    "message-id-8bit-hostname.eml": ("【連絡】会議日程の件", "somebody@example.jp", []),
+    "attachment-rfc2231-split-escape.eml": ("議事録の送付", "somebody@example.jp", ["議事録（髙橋）.txt"]),
+    "content-type-raw-iso2022jp.eml": ("ファイル送付（種類不明）", "somebody@example.jp", []),
+    "calendar-control-chars.eml": ("①定例会議のご案内", "somebody@example.jp", ["meeting.ics"]),
 }
 
 
