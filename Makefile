@@ -5,6 +5,8 @@
 #   make test     ruff + mypy + pytest (every test; the Postfix tests start a private Postfix)
 #   make lint     ruff + mypy only
 #   make bench    bench/run_all.sh, when present
+#   make fuzz     the fuzz test for FUZZ_SECONDS (default 60) seconds; `make test` runs it for 30 s
+#   make soak     bench/soak.py: 20,000 messages into a real Postfix, faults injected (root; ~15 min)
 #   make clean    remove var/, .venv/ and tool caches
 #   make podman-check   build the production image with podman and smoke-test it (root, slow)
 
@@ -20,11 +22,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 CONFIG ?= config/detox.toml
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
+SOAK_ARGS ?=
 
-.PHONY: help setup system-deps run test lint bench clean podman-check
+.PHONY: help setup system-deps run test lint bench fuzz soak clean podman-check
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' Makefile
+	@sed -n '3,12s/^# \{0,1\}//p' Makefile
 
 setup: $(STAMP)
 
@@ -64,6 +68,15 @@ test: setup
 bench: setup
 	@if [ -f bench/run_all.sh ]; then PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/run_all.sh; \
 	else echo "make bench: bench/run_all.sh does not exist yet"; fi
+
+# tests/fuzz/test_fuzz.py for longer; a finding is printed with its bytes (see tests/fuzz/target.py).
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -q -ra -p no:cacheprovider -m fuzz tests/fuzz $(PYTEST_ARGS)
+
+# Measures, never asserts timings; exits 1 if a message was lost. SOAK_ARGS="--messages 2000" for a short run.
+soak: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" timeout --foreground -k 60 $${SOAK_TIMEOUT:-7200} \
+	    $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 podman-check:
 	scripts/podman-check.sh
