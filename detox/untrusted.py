@@ -23,4 +23,3 @@ def for_log(untrusted: object, limit: int = _MAX_LOG) -> str:
             out.append(ch)
     rendered = "".join(out)
     return rendered[:limit] + "…" if len(text) > limit else rendered
-

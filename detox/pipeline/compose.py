@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import Header
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
+from email.policy import Policy
+from typing import Any
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -39,6 +43,63 @@ _SINGLE = frozenset(
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SMTP = email.policy.SMTP
+
+
+# -- the stdlib's header objects, with their per-message costs paid once -----------------------------
+#
+# Every header of the output is parsed into a header object when set, folded by _check_folds and
+# folded again by the generator, and the stock registry builds a new class for each header it makes
+# (and one more for each max_count check). The factory below gives the same objects, folded the same
+# way: classes are made once per header kind, each object keeps the folding it computed for a policy
+# (folding is a pure function of the parsed value and the policy), and short values that recur
+# (MIME-Version, the body's Content-Type, a sender's From, the X-Detox-Actions of a plain mail) are
+# parsed once per process.
+
+
+class _FoldOnceHeader(BaseHeader):
+    """The last base of every composed header class: remembers its folding for one policy."""
+
+    _detox_folded: tuple[Policy, str]
+
+    def fold(self, *, policy: Policy) -> str:
+        memo = getattr(self, "_detox_folded", None)
+        if memo is not None and memo[0] is policy:
+            folded: str = memo[1]
+            return folded
+        folded = super().fold(policy=policy)
+        self._detox_folded = (policy, folded)
+        return folded
+
+
+_CACHED_VALUE_CHARS = 256  # longer values (a long Subject or To list) are parsed every time
+
+
+class _HeaderFactory(HeaderRegistry):
+    def __init__(self) -> None:
+        super().__init__(base_class=_FoldOnceHeader)
+        self._classes: dict[str | None, type[BaseHeader]] = {}
+        self._cached = functools.lru_cache(maxsize=256)(self._make)  # ~1 MB when full
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        # Bounded: one class per registered header kind, one shared by all other names.
+        key = name.lower() if name.lower() in self.registry else None
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+    def _make(self, name: str, value: str) -> BaseHeader:
+        return self[name](name, value)
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        # Header objects are immutable, so sharing one between messages is safe.
+        if isinstance(value, str) and len(value) <= _CACHED_VALUE_CHARS:
+            return self._cached(name, value)
+        return self._make(name, value)
+
+
+# email.policy.default with that factory: what compose builds its messages with.
+_COMPOSE_POLICY = email.policy.default.clone(header_factory=_HeaderFactory())
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +136,43 @@ def _copy_headers(original: Message, out: EmailMessage) -> None:
         set_header(out, canonical, value)
 
 
+_MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+
+
+def _check_folds(out: EmailMessage, name: str) -> None:
+    """Fold the header exactly as serialize() will, so that a problem surfaces here and not there.
+
+    Raises when the folded header is not ASCII (the SMTP policy keeps raw non-ASCII in structured
+    headers such as Message-ID: serialisation would raise, or write 8-bit bytes), has a line over
+    998 bytes, or has a continuation line that does not start with whitespace: the stdlib's folder
+    writes one when an encoded word follows a comma in an address list, and such a line ends the
+    header and may start another ("To: x,<LF>Content-Type:text/html ..." is a Content-Type header
+    for the reader).
+    """
+    key, value = [(k, v) for k, v in out.raw_items() if k.lower() == name.lower()][-1]  # the one just set
+    folded = _SMTP.fold_binary(key, value)
+    if not folded.isascii():  # surrogate-escaped bytes pass fold_binary as they are
+        raise ValueError(f"{name}: non-ASCII bytes in the folded header")
+    lines = folded.split(b"\r\n")
+    if any(len(line) > _MAX_LINE for line in lines):
+        raise ValueError(f"{name}: folded line longer than {_MAX_LINE} bytes")
+    if any(line[:1] not in (b" ", b"\t") for line in lines[1:-1]):
+        raise ValueError(f"{name}: continuation line without leading whitespace")
+
+
 def set_header(out: EmailMessage, name: str, value: str) -> None:
-    """Set a header; if the structured parser rejects the value, keep it as RFC 2047 text."""
+    """Set a header; if it cannot be written safely as a structured header, as RFC 2047 text."""
     try:
         out[name] = value
-        out[name].fold(policy=_SMTP)  # surfaces problems now, not at serialisation time
+        _check_folds(out, name)
         return
     except Exception:  # noqa: BLE001 - the stdlib header parser raises many types on hostile input
         del out[name]
-    # e.g. an address with a non-ASCII local part: all-ASCII encoded words always fold.
+    # e.g. an address with a non-ASCII local part. Encoded and folded here, and stored as it is, so the
+    # stdlib's folder never touches it: every line is an encoded word after whitespace.
     try:
-        out[name] = Header(value, "utf-8").encode()
-        out[name].fold(policy=_SMTP)
+        out.set_raw(name, Header(value, "utf-8", header_name=name).encode(linesep="\r\n"))
+        _check_folds(out, name)
     except Exception:  # noqa: BLE001 - same reason; a header we cannot write is left out
         del out[name]
 
@@ -132,7 +218,7 @@ def _fill(
         if isinstance(item, Attachment):
             _add_output(target, item.output)
         else:
-            inner = EmailMessage()
+            inner = EmailMessage(policy=_COMPOSE_POLICY)
             _copy_headers(item.original, inner)
             _fill(inner, item.body_text, item.attachments, config)
             target.add_attachment(inner)
@@ -146,7 +232,7 @@ def compose_message(
     actions: str,
     config: DetoxConfig,
 ) -> EmailMessage:
-    out = EmailMessage()
+    out = EmailMessage(policy=_COMPOSE_POLICY)
     out["Received"] = _received(envelope, config.server.hostname)
     _copy_headers(original, out)
     if "Date" not in out:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import codecs
+import functools
 import re
 import sys
 import unicodedata
@@ -165,6 +166,9 @@ class _Decoder:
         return _resume(pos, start, end, len(self.data))
 
     def run(self) -> str:
+        clean = _decode_clean(self.data)
+        if clean is not None:
+            return clean
         data = self.data
         size = len(data)
         pos = 0
@@ -361,6 +365,42 @@ class _Encoder:
         self.to_ascii()
         self.out += replacement if isinstance(replacement, bytes) else _Encoder(replacement, "strict").run()
         return _resume(pos, start, end, len(self.text))
+
+
+# ESC $ @ / ESC $ B (JIS X 0208) and ESC ( B / ESC ( J / ESC ( H (ASCII): what mail almost always uses.
+_COMMON_ESCAPE_RE: Final = re.compile(rb"(\x1b(?:\$[@B]|\([BJH]))")
+_ALL_PAIRS_RE: Final = re.compile(rb"(?:[\x21-\x7e]{2})*")
+
+
+def _decode_clean(data: bytes) -> str | None:
+    """The decoding of well-formed ISO-2022-JP, or None to leave it to the state machine.
+
+    Well-formed: only the common escapes, no SO/SI, 7-bit ASCII between them, whole defined JIS pairs
+    in double-byte mode. The state machine gives the same text for such input (there is no error to
+    handle), one escape-delimited run after another instead of one byte class at a time.
+    """
+    if b"\x0e" in data or b"\x0f" in data:
+        return None
+    pieces = _COMMON_ESCAPE_RE.split(data)
+    out: list[str] = []
+    for i in range(0, len(pieces), 2):
+        run = pieces[i]
+        if b"\x1b" in run:  # another escape: its meaning is the state machine's business
+            return None
+        if i and pieces[i - 1][1] == 0x24:  # ESC $ ...: double-byte
+            if _ALL_PAIRS_RE.fullmatch(run) is None:
+                return None
+            codes = array.array("H")
+            codes.frombytes(run)
+            chars = list(map(_DECODE_TABLE.__getitem__, codes))
+            if "" in chars:  # an undefined code
+                return None
+            out.append("".join(chars))
+        elif run.isascii():
+            out.append(run.decode("ascii"))
+        else:
+            return None
+    return "".join(out)
 
 
 def _codec_encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
@@ -719,6 +759,7 @@ _JAPANESE_GUESSES: Final = frozenset(
 _LOSSY_MAX: Final = 0.02  # a hinted codec that fails on at most 2% of characters is still the one
 
 
+@functools.lru_cache(maxsize=256)
 def _ascii_compatible(charset: str) -> bool:
     try:
         return _ASCII_PROBE.decode(charset) == _ASCII_PROBE.decode("ascii")

@@ -31,32 +31,14 @@ from __future__ import annotations
 import html as html_lib
 import re
 import unicodedata
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
-import bs4
-from bs4 import BeautifulSoup
-from bs4.element import (
-    CData,
-    Comment,
-    Declaration,
-    Doctype,
-    NavigableString,
-    PageElement,
-    ProcessingInstruction,
-    Tag,
-)
-
-# bs4 warns when markup looks like XML, a URL or a file name: mail bodies are what they are.
-_BS4_WARNINGS: tuple[type[Warning], ...] = tuple(
-    c
-    for c in (getattr(bs4, n, None) for n in ("XMLParsedAsHTMLWarning", "MarkupResemblesLocatorWarning"))
-    if isinstance(c, type) and issubclass(c, Warning)
-)
+from lxml import etree
 
 __all__ = ["HtmlText", "html_to_text", "is_script_url", "link_target", "same_target", "strip_invisible"]
 
@@ -97,6 +79,12 @@ def strip_invisible(text: str) -> tuple[str, int, int]:
     Returns the cleaned text, the number of invisible (zero-width/bidi/...) characters removed
     and the number of control characters removed.
     """
+    if text.isascii():
+        # Every invisible character is non-ASCII, and printable ASCII has no controls either.
+        if text.isprintable():
+            return text, 0, 0
+        text, control = _CONTROL_RE.subn("", text)
+        return text, 0, control
     text, invisible = _INVISIBLE_RE.subn("", text)
     text, control = _CONTROL_RE.subn("", text)
     return text, invisible, control
@@ -268,13 +256,163 @@ _MAX_INDENT = 40
 _MAX_STYLE = 4096
 
 
-def _attr(tag: Tag, name: str) -> str:
-    value = tag.attrs.get(name)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return ""
+# --------------------------------------------------------------------------------------------
+# The tree
+#
+# libxml2's HTML parser (through lxml, in recover mode) reads the markup; its events build a small
+# tree of _Node and leaves. The tree is the one BeautifulSoup's "lxml" builder made from the same
+# events, as far as the renderer reads it: text runs between two other events are joined, a run of
+# ASCII whitespace only is collapsed to "\n" or " " outside <pre>/<textarea>, an end tag closes up
+# to the most recent open element of its name, and comments, processing instructions and doctypes
+# are leaves. Building it directly costs a fraction of bs4's general-purpose tree.
+
+
+class _Node:
+    """An element: its name as libxml2 gives it (lower case), attributes, children, parent's name.
+
+    Only the parent's name is kept: no reference cycles, so a tree is freed as soon as it is rendered.
+    """
+
+    __slots__ = ("attrs", "contents", "name", "parent_name")
+
+    def __init__(self, name: str, attrs: dict[str, str], parent_name: str) -> None:
+        self.name = name
+        self.attrs = attrs
+        self.contents: list[_Node | str | _Leaf] = []
+        self.parent_name = parent_name
+
+
+class _Leaf:
+    """A comment, processing instruction or doctype: never shown; ``kind`` is counted if set."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str | None) -> None:
+        self.kind = kind
+
+
+_ROOT: Final = "[document]"
+_ASCII_SPACES: Final = " \n\t\f\r"
+_PRESERVE_WHITESPACE: Final = frozenset({"pre", "textarea"})
+_DOCTYPE: Final = _Leaf(None)
+_PI: Final = _Leaf("processing-instruction")
+_CDATA: Final = _Leaf("cdata")
+_COMMENT: Final = _Leaf("comment")
+
+
+def _local(name: str) -> str:
+    """``{namespace}name`` -> ``name`` (lxml's spelling of a namespaced name)."""
+    return name.split("}", 1)[1] if name[:1] == "{" and "}" in name else name
+
+
+class _TreeBuilder:
+    """An lxml parser target (start/end/data/comment/pi/doctype/close events) making the tree."""
+
+    def __init__(self) -> None:
+        self.root = _Node(_ROOT, {}, "")
+        self.stack = [self.root]
+        self.open: Counter[str] = Counter()  # open elements by name
+        self.preserve: list[_Node] = []  # open <pre>/<textarea>: whitespace kept as it is
+        self.pending: list[str] = []  # text not yet added (adjacent data events are joined)
+
+    def flush(self) -> str | None:
+        if not self.pending:
+            return None
+        text = "".join(self.pending)
+        self.pending = []
+        if not self.preserve and not text.strip(_ASCII_SPACES):
+            text = "\n" if "\n" in text else " "
+        return text
+
+    def flush_text(self) -> None:
+        text = self.flush()
+        if text is not None:
+            self.stack[-1].contents.append(text)
+
+    def leaf(self, text: str, leaf: _Leaf) -> None:
+        self.flush_text()
+        self.pending.append(text)
+        self.flush()
+        self.stack[-1].contents.append(leaf)
+
+    def start(self, tag: str, attrib: Mapping[str, str]) -> None:
+        if self.pending:
+            self.flush_text()
+        parent = self.stack[-1]
+        attrs: dict[str, str] = {}
+        if attrib:  # lxml passes an empty mapping that is no dict, slow to copy
+            attrs = dict(attrib)
+            if any(k[:1] == "{" for k in attrs):  # libxml2 passes "{x}hidden" through as a name
+                attrs = {_local(k): v for k, v in attrs.items()}
+        node = _Node(_local(tag), attrs, parent.name)
+        parent.contents.append(node)
+        self.stack.append(node)
+        if node.name != _ROOT:
+            self.open[node.name] += 1
+        if node.name in _PRESERVE_WHITESPACE:
+            self.preserve.append(node)
+
+    def end(self, tag: str) -> None:
+        if self.pending:
+            self.flush_text()
+        name = _local(tag)
+        if name == _ROOT:
+            return
+        # Close up to and including the most recent open element of that name, if there is one.
+        while len(self.stack) > 1 and self.open[name]:
+            node = self.stack.pop()
+            self.open[node.name] -= 1
+            if self.preserve and node is self.preserve[-1]:
+                self.preserve.pop()
+            if node.name == name:
+                break
+
+    def data(self, text: str) -> None:
+        self.pending.append(text)
+
+    def comment(self, text: str) -> None:
+        # lxml reports <![CDATA[...]]> and <?...?> in HTML as comments.
+        if text.startswith("[CDATA["):
+            self.leaf(text, _CDATA)
+        elif text.startswith("?"):
+            self.leaf(text, _PI)
+        else:
+            self.leaf(text, _COMMENT)
+
+    def pi(self, target: str, data: str) -> None:
+        self.leaf(f"{target} {data}", _PI)
+
+    def doctype(self, name: str | None, pubid: str | None, system: str | None) -> None:
+        self.leaf("", _DOCTYPE)
+
+    def close(self) -> None:
+        return None
+
+
+def _parse_tree(markup: str) -> _Node:
+    """The tree of ``markup``; raises when libxml2 rejects it (the caller falls back)."""
+    if markup[:1] == "\ufeff":
+        markup = markup[1:]
+    try:
+        return _parse_with(markup, None)
+    except (UnicodeDecodeError, LookupError, etree.ParserError):
+        # Rejected as a str: parse it again from its UTF-8 bytes.
+        return _parse_with(markup.encode("utf-8"), "utf8")
+
+
+def _parse_with(markup: str | bytes, encoding: str | None) -> _Node:
+    builder = _TreeBuilder()
+    # cast: the stubs' ParserTarget protocol also wants start_ns/end_ns, which lxml only calls if present.
+    target = cast(Any, builder)
+    parser = etree.HTMLParser(target=target, recover=True, huge_tree=False, encoding=encoding)
+    parser.feed(markup)
+    parser.close()
+    builder.flush_text()  # text after the last event
+    return builder.root
+
+
+def _attr(tag: _Node, name: str) -> str:
+    return tag.attrs.get(name, "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +437,7 @@ def _is_zero(value: str) -> bool:
     return bool(value) and _ZERO_LENGTH_RE.match(value) is not None
 
 
-def _is_hidden(tag: Tag) -> bool:
+def _is_hidden(tag: _Node) -> bool:
     if "hidden" in tag.attrs:
         return True
     style = _attr(tag, "style")
@@ -317,7 +455,7 @@ def _is_hidden(tag: Tag) -> bool:
     return False
 
 
-def _tight_paragraph(tag: Tag) -> bool:
+def _tight_paragraph(tag: _Node) -> bool:
     """Outlook writes every line as ``<p class=MsoNormal>`` with zero margins: treat as a line."""
     if any(c.lower().startswith("mso") for c in _attr(tag, "class").split()):
         return True
@@ -548,7 +686,7 @@ class _Renderer:
 
     # -- elements -----------------------------------------------------------------------------
 
-    def enter(self, tag: Tag) -> _Action | None:
+    def enter(self, tag: _Node) -> _Action | None:
         """Handle an opening tag.
 
         Returns the action to run after the children, None to walk the children with no such
@@ -562,7 +700,7 @@ class _Renderer:
             return None
         return action
 
-    def _enter(self, tag: Tag, name: str) -> _Action | None:
+    def _enter(self, tag: _Node, name: str) -> _Action | None:
         out = self.out
         if name in _DROP_COUNTED:
             self.removed[name] += 1
@@ -666,13 +804,12 @@ class _Renderer:
 
         return close
 
-    def list_(self, tag: Tag, *, ordered: bool) -> _Action:
+    def list_(self, tag: _Node, *, ordered: bool) -> _Action:
         out = self.out
         nested = self.list_level > 0
         out.block(1 if nested else 2)
-        parent = tag.parent
         # <ul><ul><li> (a list directly inside a list) is indented like a nested list.
-        indented = parent is not None and (parent.name or "").lower() in _LISTS
+        indented = tag.parent_name.lower() in _LISTS
         if indented:
             out.push_indent("  ")
         self.ol_counters.append(_parse_int(_attr(tag, "start"), 1) if ordered else None)
@@ -687,7 +824,7 @@ class _Renderer:
 
         return leave
 
-    def list_item(self, tag: Tag) -> _Action:
+    def list_item(self, tag: _Node) -> _Action:
         out = self.out
         out.block(1)
         number = self.ol_counters[-1] if self.ol_counters else None
@@ -744,7 +881,7 @@ class _Renderer:
         out.pending_hard = ""
         return self.open_container()
 
-    def image(self, tag: Tag) -> None:
+    def image(self, tag: _Node) -> None:
         alt, _, _ = strip_invisible(_attr(tag, "alt").replace("\xa0", " "))
         alt = " ".join(m.group(2) for m in _WS_SPLIT_RE.finditer(alt) if m.group(2))
         if not alt:
@@ -753,7 +890,7 @@ class _Renderer:
         self.images += 1
         self.out.text(_IMAGE.format(alt[:500]))
 
-    def link(self, tag: Tag) -> _Action | None:
+    def link(self, tag: _Node) -> _Action | None:
         out = self.out
         shown = link_target(_attr(tag, "href"))
         if shown is None:
@@ -790,32 +927,25 @@ def _parse_int(value: str, default: int) -> int:
     return int(m.group(1)) if m else default
 
 
-def _render(soup: BeautifulSoup, r: _Renderer) -> None:
+def _render(root: _Node, r: _Renderer) -> None:
     """Walk the tree with an explicit stack (no recursion, so any depth is fine)."""
-    stack: list[PageElement | _Exit] = [soup]
+    stack: list[_Node | str | _Leaf | _Exit] = [root]
     while stack:
         obj = stack.pop()
-        if isinstance(obj, _Exit):
-            obj.action()
-        elif isinstance(obj, Tag):
-            result = None if obj is soup else r.enter(obj)
+        if isinstance(obj, str):
+            if not r.suppress:
+                r.inline_text(obj)
+        elif isinstance(obj, _Node):
+            result = None if obj is root else r.enter(obj)
             if result is _skip:
                 continue
             if result is not None:
                 stack.append(_Exit(result))
             stack.extend(reversed(obj.contents))
-        elif isinstance(obj, (Comment, CData, ProcessingInstruction)):
-            # lxml turns <![CDATA[...]]> and <?...?> in HTML into comments.
-            if isinstance(obj, CData) or obj.startswith("[CDATA["):
-                r.removed["cdata"] += 1
-            elif isinstance(obj, ProcessingInstruction) or obj.startswith("?"):
-                r.removed["processing-instruction"] += 1
-            else:
-                r.removed["comment"] += 1
-        elif isinstance(obj, (Declaration, Doctype)):
-            continue
-        elif isinstance(obj, NavigableString) and not r.suppress:
-            r.inline_text(str(obj))
+        elif isinstance(obj, _Exit):
+            obj.action()
+        elif obj.kind is not None:  # comments and processing instructions; doctypes are not counted
+            r.removed[obj.kind] += 1
 
 
 _TAG_RE = re.compile(r"<[^<>]*>")
@@ -851,11 +981,7 @@ def html_to_text(untrusted_html: str, *, max_chars: int = 2_000_000) -> HtmlText
         return HtmlText(text="", links=0, images=0, removed=MappingProxyType({"parse-error": 1}))
     r = _Renderer()
     try:
-        with warnings.catch_warnings():
-            for category in _BS4_WARNINGS:
-                warnings.simplefilter("ignore", category)
-            soup = BeautifulSoup(source, "lxml")
-        _render(soup, r)
+        _render(_parse_tree(source), r)
         text = r.out.finish()
     except Exception:  # noqa: BLE001 - a parser or renderer bug must not lose the mail
         removed["parse-error"] += 1

@@ -49,9 +49,13 @@ _DEFANGED_BARE = f"{_NOT_AFTER}(?:[wW]{{3}}[0-9]{{0,3}}|[fF][tT][pP])\\[\\.\\]"
 # Only the start of a URL; its extent is found by _url_end. Defanged URLs are recognised so that
 # what their extent covers is not read again (idempotence: a "www." inside the path of a URL is
 # part of that URL both times).
+# Every alternative starts with one of these letters: checking it first lets the scan skip all other
+# positions with one test instead of four failed alternatives (4-6x faster on ASCII text).
+_FIRST_LETTERS = "hHfFwW\uff48\uff28\uff46\uff26\uff57\uff37"
 _URL_START_RE = re.compile(
-    f"(?P<defanged>{_DEFANGED})|(?P<defanged_bare>{_DEFANGED_BARE})"
-    f"|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE})"
+    f"(?=[{_FIRST_LETTERS}])"
+    f"(?:(?P<defanged>{_DEFANGED})|(?P<defanged_bare>{_DEFANGED_BARE})"
+    f"|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE}))"
 )
 _INNER_SCHEME_RE = re.compile(f"(?P<scheme>{_SCHEME}){_SEPARATOR}")
 

@@ -540,7 +540,7 @@ def test_falls_back_when_the_parser_fails(monkeypatch: pytest.MonkeyPatch) -> No
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("parser bug")
 
-    monkeypatch.setattr(html_module, "BeautifulSoup", broken)
+    monkeypatch.setattr(html_module, "_parse_tree", broken)
     result = html_to_text("<p>本文 &amp; <b>太字</b></p>\n<p>二行目</p>")
     assert result.text == "本文 & 太字\n二行目\n"
     assert result.removed == {"parse-error": 1}
