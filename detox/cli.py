@@ -138,7 +138,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = args.file or _config_path(None)
+    if args.file and args.config and args.file != args.config:
+        print("detox check-config: give the file once (FILE or --config FILE)", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file or _config_path(args.config)
     config = load_config(path)
     print(f"{path or '<built-in defaults>'}: OK (pipeline: {', '.join(config.pipeline.order)})")
     if args.no_sandbox:
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", nargs="?")
+    # Like every other command: `detox check-config --config F` is what an admin types after `serve`.
+    check.add_argument("--config", help="the same as FILE")
     check.add_argument(
         "--no-sandbox", action="store_true", help="only validate the file; do not try the sandbox"
     )

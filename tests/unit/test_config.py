@@ -163,6 +163,14 @@ def test_check_config_cli_unknown_key_exit_2(tmp_path: Path) -> None:
     assert str(path) in result.stderr and "urls.exempt" in result.stderr
 
 
+def test_check_config_takes_config_like_every_other_command(tmp_path: Path) -> None:
+    path = write(tmp_path, "[urls]\ndefang = true\nexempt = []\n")
+    result = run_cli("check-config", "--no-sandbox", "--config", str(path))
+    assert result.returncode == 2 and "urls.exempt" in result.stderr  # the named file was read
+    both = run_cli("check-config", "config/detox.toml", "--config", str(path))
+    assert both.returncode == 2 and "give the file once" in both.stderr
+
+
 def test_check_config_cli_missing_file_exit_2(tmp_path: Path) -> None:
     result = run_cli("check-config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
