@@ -340,6 +340,7 @@ class Service:
                     self._kill(executor)
                     await down
         self.store.close()
+        self.audit.close()
         if self._lock is not None:
             self._lock.release()
         log.info("detox stopped")
@@ -753,6 +754,7 @@ class Service:
         self, state: DeliveryState, by_status: dict[str, list[str]], bounce: _Bounce | None
     ) -> None:
         queue_id = state.queue_id
+        records: list[dict[str, Any]] = []
         for status, rcpts in by_status.items():
             if not rcpts:
                 continue
@@ -772,26 +774,29 @@ class Service:
                 extra["max_age_days"] = self.config.delivery.max_age_days
             if state.kind != KIND_MESSAGE:
                 extra["kind"] = state.kind
-            self.audit.write(event, queue_id, recipients=details, **extra)
-        if bounce is None:
-            return
-        if bounce.dsn_id is not None:
-            self.audit.write(
-                "bounced",
-                queue_id,
-                dsn_id=bounce.dsn_id,
-                to=state.mail_from,
-                recipients=list(bounce.recipients),
-                via=self.config.delivery.bounce_via,
+            records.append(self.audit.record(event, queue_id, recipients=details, **extra))
+        if bounce is not None and bounce.dsn_id is not None:
+            records.append(
+                self.audit.record(
+                    "bounced",
+                    queue_id,
+                    dsn_id=bounce.dsn_id,
+                    to=state.mail_from,
+                    recipients=list(bounce.recipients),
+                    via=self.config.delivery.bounce_via,
+                )
             )
-        else:
-            self.audit.write(
-                "bounce_suppressed",
-                queue_id,
-                reason=bounce.blocked,
-                mail_from=state.mail_from,
-                recipients=list(bounce.recipients),
+        elif bounce is not None:
+            records.append(
+                self.audit.record(
+                    "bounce_suppressed",
+                    queue_id,
+                    reason=bounce.blocked,
+                    mail_from=state.mail_from,
+                    recipients=list(bounce.recipients),
+                )
             )
+        self.audit.append(records)  # one group: one fsync
 
     # -- requests from the CLI: releases, queue retry/flush, reload -----------------------------
 
