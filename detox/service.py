@@ -67,6 +67,7 @@ _ISOLATE = ("worker crashed", "message timeout")
 WORKER_START_S = 120.0  # at most this long for a fresh pool's workers to start before jobs go in
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 WORKER_EXIT_S = 10.0  # idle workers asked to exit on stop; killed after this
+FRESH_STATES = 10_000  # at most this many handed-off states kept in memory for their first delivery
 
 
 class _Stage:
@@ -224,6 +225,9 @@ class Service:
         self._delivery = _Stage()
         self._work: list[asyncio.Task[None]] = []  # loops that do work: drained on SIGTERM
         self._housekeeping: list[asyncio.Task[None]] = []
+        # States just written by the hand-off, so that the first delivery attempt need not read them
+        # back (serve is the only writer of outgoing/ while it runs).
+        self._fresh: dict[str, DeliveryState] = {}
         self._in_use: Counter[int] = Counter()  # deliveries under way per deliverer (by id())
         self._retiring: list[Deliverer] = []  # replaced by a reload: closed once unused
         self._stopping = False
@@ -595,6 +599,8 @@ class Service:
         )
         self.spool.write_state(state)
         self.spool.finish_incoming(queue_id)
+        if len(self._fresh) < FRESH_STATES:
+            self._fresh[queue_id] = state
         return state
 
     def _backoff(self, attempts: int) -> float:
@@ -668,18 +674,40 @@ class Service:
                 ]
             if state.pending():
                 state.next_attempt = next_attempt(now, self._backoff(state.attempts), deadline)
-            bounce = await asyncio.to_thread(self._bounce, state, failed, data) if failed else None
-            await asyncio.to_thread(self.spool.write_state, state)
-            await asyncio.to_thread(self._audit_delivery, state, by_status, bounce)
+            bounce = await asyncio.to_thread(self._record_attempt, state, failed, data, by_status)
             if bounce is not None and bounce.dsn_id is not None:
                 self._delivery.now(bounce.dsn_id)
+            if not state.pending():
+                return None  # _record_attempt removed the entry
         if state.pending():
             return state.next_attempt
         await asyncio.to_thread(self.spool.finish_outgoing, queue_id)
         return None
 
+    def _record_attempt(
+        self, state: DeliveryState, failed: list[str], data: bytes, by_status: dict[str, list[str]]
+    ) -> _Bounce | None:
+        """Blocking, one thread hop for what follows an attempt: the DSN for ``failed`` recipients,
+        the new state, the audit records, and the entry's removal once no recipient is pending.
+
+        When every recipient is delivered now, the state is not written only to be removed: the
+        audit record (fsync'd) comes first, then the removal. A crash between the two delivers the
+        message again (at least once), never loses it.
+        """
+        bounce = self._bounce(state, failed, data) if failed else None
+        done = not state.pending()
+        if not done or failed:
+            self.spool.write_state(state)  # failures: which DSN went out must survive a crash
+        self._audit_delivery(state, by_status, bounce)
+        if done:
+            self.spool.finish_outgoing(state.queue_id)
+        return bounce
+
     def _read_entry(self, queue_id: str) -> tuple[DeliveryState, bytes] | None:
         """Blocking: an outgoing entry's state and message, or None when it is gone."""
+        fresh = self._fresh.pop(queue_id, None)
+        if fresh is not None:  # just handed off: the state on disk is this one
+            return fresh, self.spool.read_output(queue_id)
         if not self.spool.has_state(queue_id):
             return None
         return self.spool.read_state(queue_id), self.spool.read_output(queue_id)
