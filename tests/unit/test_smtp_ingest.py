@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosmtpd
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from detox.audit import AuditLog, read_records
 from detox.config.schema import DetoxConfig, LimitsConfig, ServerConfig, StorageConfig
@@ -28,6 +29,16 @@ from detox.smtp.server import SessionGate, start_listener
 from detox.spool import Spool
 
 RCPT = b"taro@city.example.lg.jp"
+_SMTP_KWARGS: dict[str, Any] = dict(
+    hostname="mx.example",
+    ident="detox",
+    data_size_limit=1234,
+    enable_SMTPUTF8=True,
+    decode_data=False,
+    tls_context=None,
+    require_starttls=False,
+    timeout=42.0,
+)
 
 
 @dataclass
@@ -433,3 +444,33 @@ async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: boo
     assert set(lean._auth_methods) == {"LOGIN", "PLAIN"}
     assert lean._smtp_methods["DATA"].__func__ is server_mod.DetoxSMTP.smtp_DATA
     assert lean._handle_hooks["RCPT"] == handler.handle_RCPT
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "",
+        "<a@example.com>",
+        "<a@example.com> SIZE=100 BODY=8BITMIME",
+        "a@example.com",
+        "<>",
+        " <a@b.example>",
+        "<@relay.example:a@b.example>",
+        '<"quoted local"@example.com>',
+        "<a@example.com",
+        "<a b@example.com>",
+        "<太郎@例え.jp> SMTPUTF8",
+        "not an address",
+        "<" + "x" * 100 + "@example.com>",
+    ],
+)
+@pytest.mark.parametrize("local_part_limit", [0, 64])
+async def test_getaddr_parses_as_aiosmtpd_does(tmp_path: Path, arg: str, local_part_limit: int) -> None:
+    config = make_config(tmp_path, {}, {})
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
+    refusals = RefusalLog(audit)
+    handler = Handler(lambda: config, Spool(tmp_path / "spool"), audit, Backlog(), refusals, lambda _: None)
+    loop = asyncio.get_running_loop()
+    session = server_mod.DetoxSMTP(handler, SessionGate(lambda: config, refusals), **_SMTP_KWARGS, loop=loop)
+    session.local_part_limit = local_part_limit
+    assert session._getaddr(arg) == SMTP._getaddr(session, arg)
