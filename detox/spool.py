@@ -460,6 +460,18 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"{queue_id}.eml: cannot read: {exc.strerror}") from exc
 
+    def read_output_if_small(self, queue_id: str, max_size: int) -> bytes | None:
+        """The detoxified message if it is at most ``max_size`` bytes, else None."""
+        try:
+            with open(self.outgoing / f"{queue_id}.eml", "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > max_size:
+                    return None
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise SpoolCorrupt(f"{queue_id}.eml: missing (a delivery state without its message)") from exc
+        except OSError as exc:
+            raise SpoolError(f"{queue_id}.eml: cannot read: {exc.strerror}") from exc
+
     def write_state(self, state: DeliveryState) -> None:
         self.write_atomic(self.outgoing / f"{state.queue_id}.json", [state.to_json()])
 
