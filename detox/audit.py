@@ -14,17 +14,19 @@ renamed, so rotation by one process cannot race an append by another.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from detox.errors import AuditError
 
@@ -93,7 +95,27 @@ def chain_files(path: Path) -> list[Path]:
     return files
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Records of one ``append`` call waiting for the group commit."""
+
+    records: list[dict[str, Any]]
+    done: bool = False
+    error: Exception | None = None
+
+
+_sync = getattr(os, "fdatasync", os.fsync)  # an append's new size is data to fdatasync: enough
+
+
 class AuditLog:
+    """Appends records to the chain; safe to share between threads (``serve``'s ``to_thread`` pool).
+
+    Group commit: records appended by several threads at once are written together under one
+    ``flock`` and made durable by one ``fdatasync``; every ``append``/``write`` still returns only
+    once its own records are on disk. The lock file and the current log file stay open between
+    writes (the log is opened again when another process rotated it).
+    """
+
     def __init__(self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0) -> None:
         self.path = path
         self.fsync = fsync
@@ -103,6 +125,12 @@ class AuditLog:
         # (inode, size, hash of the last line) of the current file after our last append: another
         # writer or a rotation changes inode or size, and then the tail is read again.
         self._tail: tuple[int, int, str] | None = None
+        self._lock_fd: int | None = None
+        self._fh: BinaryIO | None = None  # the current file, opened for appending
+        self._fh_ino = -1
+        self._cond = threading.Condition()
+        self._waiting: list[_Batch] = []
+        self._writing = False  # a thread is writing a group now (the leader)
 
     @classmethod
     def from_config(cls, config: DetoxConfig) -> AuditLog:
@@ -112,14 +140,30 @@ class AuditLog:
             rotate_bytes=config.audit.rotate_bytes,
         )
 
+    def close(self) -> None:
+        with self._cond:
+            self._close_file()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _close_file(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.lock_path, "ab") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        """The flock that serialises writers across processes (threads are serialised before)."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.lock_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = self._lock_fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _fsync_dir(self) -> None:
         if self.fsync:
@@ -129,56 +173,120 @@ class AuditLog:
             finally:
                 os.close(fd)
 
-    def _maybe_rotate(self) -> None:
-        if not self.rotate_bytes:
-            return
+    def _current(self) -> tuple[BinaryIO, int, int]:
+        """Under the lock: the current file (rotated first if due), its inode and size."""
         try:
-            size = self.path.stat().st_size
+            st = os.stat(self.path)
         except FileNotFoundError:
-            return
-        if size < self.rotate_bytes:
-            return
-        segments = segment_paths(self.path)
-        number = int(segments[-1].stem.rpartition("-")[2]) + 1 if segments else 1
-        target = self.path.with_name(f"{self.path.stem}-{number:06d}{self.path.suffix}")
-        os.rename(self.path, target)
-        self._fsync_dir()
-        self._tail = None
+            st = None
+        if st is not None and self.rotate_bytes and st.st_size >= self.rotate_bytes:
+            segments = segment_paths(self.path)
+            number = int(segments[-1].stem.rpartition("-")[2]) + 1 if segments else 1
+            target = self.path.with_name(f"{self.path.stem}-{number:06d}{self.path.suffix}")
+            os.rename(self.path, target)
+            self._fsync_dir()
+            self._tail = None
+            st = None
+        fh = self._fh
+        if fh is None or st is None or self._fh_ino != st.st_ino:
+            # first write, or the file was rotated or removed (by us or another process): open it
+            self._close_file()
+            fh = self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open across writes
+            st = os.fstat(fh.fileno())
+            self._fh_ino = st.st_ino
+        return fh, st.st_ino, st.st_size
 
-    def _append(self, fh: Any, record: dict[str, Any], size: int) -> tuple[str, int]:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        fh.write(line)
-        fh.flush()
-        if self.fsync:
-            os.fsync(fh.fileno())
-        return line_hash(line), size + len(line)
+    @staticmethod
+    def _line(record: dict[str, Any]) -> bytes:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def _write_group(self, batches: list[_Batch]) -> None:
+        """Under the lock: chain and write every record of ``batches``, then one fdatasync."""
+        fh, ino, size = self._current()
+        lines: list[bytes] = []
+        if size == 0:
+            segments = segment_paths(self.path)
+            prev = _last_line_hash(segments[-1]) if segments else GENESIS
+            if segments:
+                # The link to the previous file, written by whoever writes first after rotation.
+                first = batches[0].records[0]
+                link = {"ts": first["ts"], "event": ROTATED, "previous_file": segments[-1].name}
+                link["prev"] = prev
+                line = self._line(link)
+                lines.append(line)
+                prev = line_hash(line)
+        elif self._tail is not None and self._tail[:2] == (ino, size):
+            prev = self._tail[2]
+        else:
+            prev = _last_line_hash(self.path)
+        for batch in batches:
+            for record in batch.records:
+                record["prev"] = prev
+                line = self._line(record)
+                lines.append(line)
+                prev = line_hash(line)
+        data = b"".join(lines)
+        self._tail = None  # until the write is known to be complete
+        try:
+            fh.write(data)
+            fh.flush()
+            if self.fsync:
+                _sync(fh.fileno())
+        except BaseException:
+            self._close_file()  # a partial write: the next one starts from what is on disk
+            raise
+        self._tail = (ino, size + len(data), prev)
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` (each with ``ts`` and ``event``) in order, chained, fsync'd.
+
+        Returns once they are durable; raises OSError if they could not be written. ``prev`` is
+        set in each record.
+        """
+        if not records:
+            return
+        batch = _Batch(records)
+        with self._cond:
+            self._waiting.append(batch)
+            while self._writing and not batch.done:
+                self._cond.wait()
+            if batch.done:  # a leader wrote it while this thread waited
+                if batch.error is not None:
+                    raise copy.copy(batch.error) from batch.error  # (the same errno for the caller)
+                return
+            self._writing = True
+            group, self._waiting = self._waiting, []
+        ok = False
+        error: Exception | None = None
+        try:
+            with self._locked():
+                self._write_group(group)
+            ok = True
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            with self._cond:
+                for item in group:
+                    item.done = True
+                    if not ok:
+                        item.error = error or OSError("audit write interrupted")
+                self._writing = False
+                self._cond.notify_all()
 
     def write(self, event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
         """Append one record (fsync'd). Raises OSError: callers decide whether that is fatal."""
+        record = self.record(event, queue_id, **fields)
+        self.append([record])
+        return record
+
+    @staticmethod
+    def record(event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """A record for ``append``: its time now, the event, the queue id (if any), the fields."""
         record: dict[str, Any] = {"ts": now_rfc3339(), "event": event}
         if queue_id is not None:
             record["queue_id"] = queue_id
         record.update(fields)
-        with self._locked():
-            self._maybe_rotate()
-            with open(self.path, "ab") as fh:
-                st = os.fstat(fh.fileno())
-                size = st.st_size
-                if size == 0:
-                    segments = segment_paths(self.path)
-                    prev = _last_line_hash(segments[-1]) if segments else GENESIS
-                    if segments:
-                        # The link to the previous file, written by whoever writes first after rotation.
-                        link = {"ts": record["ts"], "event": ROTATED, "previous_file": segments[-1].name}
-                        link["prev"] = prev
-                        prev, size = self._append(fh, link, size)
-                elif self._tail is not None and self._tail[:2] == (st.st_ino, size):
-                    prev = self._tail[2]
-                else:
-                    prev = _last_line_hash(self.path)
-                record["prev"] = prev
-                digest, size = self._append(fh, record, size)
-                self._tail = (st.st_ino, size, digest)
         return record
 
 

@@ -67,6 +67,9 @@ _ISOLATE = ("worker crashed", "message timeout")
 WORKER_START_S = 120.0  # at most this long for a fresh pool's workers to start before jobs go in
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 WORKER_EXIT_S = 10.0  # idle workers asked to exit on stop; killed after this
+FRESH_STATES = 10_000  # at most this many handed-off states kept in memory for their first delivery
+FRESH_BYTES = 32 * 1024 * 1024  # and their messages while the total is under this
+FRESH_MESSAGE_BYTES = 1024 * 1024  # each message up to this size (larger ones are read when delivered)
 
 
 class _Stage:
@@ -224,6 +227,11 @@ class Service:
         self._delivery = _Stage()
         self._work: list[asyncio.Task[None]] = []  # loops that do work: drained on SIGTERM
         self._housekeeping: list[asyncio.Task[None]] = []
+        # States just written by the hand-off (and their messages, when small), so that the first
+        # delivery attempt need not read them back (serve is the only writer of outgoing/ while it
+        # runs). Touched on the event loop only.
+        self._fresh: dict[str, tuple[DeliveryState, bytes | None]] = {}  # (state, message if small)
+        self._fresh_bytes = 0
         self._in_use: Counter[int] = Counter()  # deliveries under way per deliverer (by id())
         self._retiring: list[Deliverer] = []  # replaced by a reload: closed once unused
         self._stopping = False
@@ -340,6 +348,7 @@ class Service:
                     self._kill(executor)
                     await down
         self.store.close()
+        self.audit.close()
         if self._lock is not None:
             self._lock.release()
         log.info("detox stopped")
@@ -433,7 +442,7 @@ class Service:
             else:
                 report = await self._run_job(queue_id, solo=False)
             handed_off = True  # from here a cancellation leaves the hand-off to finish in its thread
-            state = await asyncio.shield(asyncio.to_thread(self._handoff, queue_id, report))
+            state, data = await asyncio.shield(asyncio.to_thread(self._handoff, queue_id, report))
         except asyncio.CancelledError:
             if not handed_off:
                 with contextlib.suppress(OSError, SpoolError):
@@ -468,6 +477,11 @@ class Service:
             await self._pipeline_failed(queue_id, f"{type(exc).__name__}: {exc}")
             return
         self.backlog.remove(queue_id)
+        if len(self._fresh) < FRESH_STATES:
+            if data is not None and self._fresh_bytes + len(data) > FRESH_BYTES:
+                data = None
+            self._fresh_bytes += len(data) if data is not None else 0
+            self._fresh[queue_id] = (state, data)
         self._delivery.now(state.queue_id)
 
     def _begin_attempt(self, queue_id: str) -> PipelineTries | None:
@@ -565,7 +579,7 @@ class Service:
             )
         self._pipeline.at(queue_id, when)
 
-    def _handoff(self, queue_id: str, report: dict[str, Any]) -> DeliveryState:
+    def _handoff(self, queue_id: str, report: dict[str, Any]) -> tuple[DeliveryState, bytes | None]:
         """Index, audit, create the delivery state, then release the incoming entry (in that order)."""
         self.store.index(report, self.config.storage.retention_days)
         self.audit.write(
@@ -594,7 +608,12 @@ class Service:
         )
         self.spool.write_state(state)
         self.spool.finish_incoming(queue_id)
-        return state
+        # The message goes to delivery next: read it now, in this thread, while it is in the page
+        # cache, so that the first attempt needs no thread hop of its own (large ones are read then).
+        data = None
+        with contextlib.suppress(SpoolError):
+            data = self.spool.read_output_if_small(queue_id, FRESH_MESSAGE_BYTES)
+        return state, data
 
     def _backoff(self, attempts: int) -> float:
         return backoff(attempts, self.config.delivery.retry_base_s, self.config.delivery.retry_max_s)
@@ -624,7 +643,14 @@ class Service:
     async def _deliver_one(self, queue_id: str) -> float | None:
         """One attempt for the pending recipients; the time of the next one, or None when done."""
         try:
-            entry = await asyncio.to_thread(self._read_entry, queue_id)
+            fresh = self._fresh.pop(queue_id, None)
+            if fresh is None:
+                entry = await asyncio.to_thread(self._read_entry, queue_id)
+            elif fresh[1] is not None:  # just handed off, with its message: no thread hop
+                self._fresh_bytes -= len(fresh[1])
+                entry = (fresh[0], fresh[1])
+            else:  # the state on disk is this one; the message was too large to keep
+                entry = (fresh[0], await asyncio.to_thread(self.spool.read_output, queue_id))
         except SpoolCorrupt as exc:
             await asyncio.to_thread(self._move_aside, queue_id, str(exc), "delivery")
             return None
@@ -667,15 +693,34 @@ class Service:
                 ]
             if state.pending():
                 state.next_attempt = next_attempt(now, self._backoff(state.attempts), deadline)
-            bounce = await asyncio.to_thread(self._bounce, state, failed, data) if failed else None
-            await asyncio.to_thread(self.spool.write_state, state)
-            await asyncio.to_thread(self._audit_delivery, state, by_status, bounce)
+            bounce = await asyncio.to_thread(self._record_attempt, state, failed, data, by_status)
             if bounce is not None and bounce.dsn_id is not None:
                 self._delivery.now(bounce.dsn_id)
+            if not state.pending():
+                return None  # _record_attempt removed the entry
         if state.pending():
             return state.next_attempt
         await asyncio.to_thread(self.spool.finish_outgoing, queue_id)
         return None
+
+    def _record_attempt(
+        self, state: DeliveryState, failed: list[str], data: bytes, by_status: dict[str, list[str]]
+    ) -> _Bounce | None:
+        """Blocking, one thread hop for what follows an attempt: the DSN for ``failed`` recipients,
+        the new state, the audit records, and the entry's removal once no recipient is pending.
+
+        When every recipient is delivered now, the state is not written only to be removed: the
+        audit record (fsync'd) comes first, then the removal. A crash between the two delivers the
+        message again (at least once), never loses it.
+        """
+        bounce = self._bounce(state, failed, data) if failed else None
+        done = not state.pending()
+        if not done or failed:
+            self.spool.write_state(state)  # failures: which DSN went out must survive a crash
+        self._audit_delivery(state, by_status, bounce)
+        if done:
+            self.spool.finish_outgoing(state.queue_id)
+        return bounce
 
     def _read_entry(self, queue_id: str) -> tuple[DeliveryState, bytes] | None:
         """Blocking: an outgoing entry's state and message, or None when it is gone."""
@@ -753,6 +798,7 @@ class Service:
         self, state: DeliveryState, by_status: dict[str, list[str]], bounce: _Bounce | None
     ) -> None:
         queue_id = state.queue_id
+        records: list[dict[str, Any]] = []
         for status, rcpts in by_status.items():
             if not rcpts:
                 continue
@@ -772,26 +818,29 @@ class Service:
                 extra["max_age_days"] = self.config.delivery.max_age_days
             if state.kind != KIND_MESSAGE:
                 extra["kind"] = state.kind
-            self.audit.write(event, queue_id, recipients=details, **extra)
-        if bounce is None:
-            return
-        if bounce.dsn_id is not None:
-            self.audit.write(
-                "bounced",
-                queue_id,
-                dsn_id=bounce.dsn_id,
-                to=state.mail_from,
-                recipients=list(bounce.recipients),
-                via=self.config.delivery.bounce_via,
+            records.append(self.audit.record(event, queue_id, recipients=details, **extra))
+        if bounce is not None and bounce.dsn_id is not None:
+            records.append(
+                self.audit.record(
+                    "bounced",
+                    queue_id,
+                    dsn_id=bounce.dsn_id,
+                    to=state.mail_from,
+                    recipients=list(bounce.recipients),
+                    via=self.config.delivery.bounce_via,
+                )
             )
-        else:
-            self.audit.write(
-                "bounce_suppressed",
-                queue_id,
-                reason=bounce.blocked,
-                mail_from=state.mail_from,
-                recipients=list(bounce.recipients),
+        elif bounce is not None:
+            records.append(
+                self.audit.record(
+                    "bounce_suppressed",
+                    queue_id,
+                    reason=bounce.blocked,
+                    mail_from=state.mail_from,
+                    recipients=list(bounce.recipients),
+                )
             )
+        self.audit.append(records)  # one group: one fsync
 
     # -- requests from the CLI: releases, queue retry/flush, reload -----------------------------
 

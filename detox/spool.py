@@ -38,6 +38,7 @@ from detox.envelope import Envelope
 from detox.errors import SpoolCorrupt, SpoolError
 
 MAGIC = b"DETOX-SPOOL 1\n"
+ATTEMPT_MARK = "user.detox.attempt"  # on incoming/ID.msg: its first detoxification attempt has begun
 # A message being received is kept in memory up to this size, then written out as it arrives.
 STREAM_CHUNK = 256 * 1024
 
@@ -268,6 +269,7 @@ class Spool:
         self.failed = root / "failed"
         self.released = root / "released"
         self.control = root / "control"
+        self._attempt_marks = hasattr(os, "setxattr")  # see _mark_first_attempt
         for d in (self.tmp, self.incoming, self.outgoing, self.failed, self.released, self.control):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -361,6 +363,10 @@ class Spool:
         """The attempts so far; a missing or damaged record counts as none (the entry itself is fine)."""
         try:
             return PipelineTries.from_json((self.incoming / f"{queue_id}.tries").read_bytes())
+        except FileNotFoundError:
+            if self._has_attempt_mark(self.incoming / f"{queue_id}.msg"):
+                return PipelineTries(attempts=1, in_flight=True)
+            return PipelineTries()
         except (OSError, ValueError, KeyError, TypeError):
             return PipelineTries()
 
@@ -368,12 +374,47 @@ class Spool:
         tries.updated_at = time.time()
         self.write_atomic(self.incoming / f"{queue_id}.tries", [tries.to_json()], durable=durable)
 
+    # The first attempt of an entry without a .tries file is marked by an extended attribute on its
+    # .msg instead of a new .tries file: the same promise (it survives a crash of serve, not of the
+    # machine) for a few microseconds instead of a file creation (0.04-0.7 ms of system CPU on ext4
+    # here) on every message. File systems without user xattrs get the .tries file, as before.
+
+    def _has_attempt_mark(self, path: Path) -> bool:
+        if not self._attempt_marks:
+            return False
+        try:
+            os.getxattr(path, ATTEMPT_MARK)
+        except OSError:
+            return False
+        return True
+
+    def _clear_attempt_mark(self, path: Path) -> None:
+        if self._attempt_marks:
+            with contextlib.suppress(OSError):  # ENODATA (none), ENOENT, ENOTSUP
+                os.removexattr(path, ATTEMPT_MARK)
+
+    def _mark_first_attempt(self, queue_id: str) -> bool:
+        """Mark the first attempt on the .msg itself; False when the .tries file must be used."""
+        if not self._attempt_marks or (self.incoming / f"{queue_id}.tries").exists():
+            return False
+        try:
+            # XATTR_CREATE: a mark already there (an attempt that neither ended nor was handed
+            # back) makes this the second attempt, counted in a .tries file
+            os.setxattr(self.incoming / f"{queue_id}.msg", ATTEMPT_MARK, b"1", os.XATTR_CREATE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                self._attempt_marks = False  # this file system has none: .tries files from now on
+            return False
+        return True
+
     def begin_attempt(self, queue_id: str) -> PipelineTries:
         """Count an attempt before it starts, so one that takes serve down is counted too.
 
         Not fsync'd: what it guards against is a crash of serve, not of the machine, and it is on
         the path of every message.
         """
+        if self._mark_first_attempt(queue_id):
+            return PipelineTries(attempts=1, in_flight=True, updated_at=time.time())
         tries = self.read_tries(queue_id)
         tries.attempts += 1
         tries.in_flight = True
@@ -393,6 +434,9 @@ class Spool:
         """An attempt interrupted by our own shutdown: it does not count."""
         if not self.has_incoming(queue_id):
             return
+        if not (self.incoming / f"{queue_id}.tries").exists():
+            self._clear_attempt_mark(self.incoming / f"{queue_id}.msg")  # back to no attempt at all
+            return
         tries = self.read_tries(queue_id)
         tries.attempts = max(tries.attempts - 1, 0)
         tries.in_flight = False
@@ -401,6 +445,7 @@ class Spool:
     def retry_now(self, queue_id: str) -> None:
         """The admin asked for a new attempt now: forget the attempts so far."""
         (self.incoming / f"{queue_id}.tries").unlink(missing_ok=True)
+        self._clear_attempt_mark(self.incoming / f"{queue_id}.msg")
 
     # -- outgoing -----------------------------------------------------------------------------
 
@@ -410,6 +455,18 @@ class Spool:
     def read_output(self, queue_id: str) -> bytes:
         try:
             return (self.outgoing / f"{queue_id}.eml").read_bytes()
+        except FileNotFoundError as exc:
+            raise SpoolCorrupt(f"{queue_id}.eml: missing (a delivery state without its message)") from exc
+        except OSError as exc:
+            raise SpoolError(f"{queue_id}.eml: cannot read: {exc.strerror}") from exc
+
+    def read_output_if_small(self, queue_id: str, max_size: int) -> bytes | None:
+        """The detoxified message if it is at most ``max_size`` bytes, else None."""
+        try:
+            with open(self.outgoing / f"{queue_id}.eml", "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > max_size:
+                    return None
+                return fh.read()
         except FileNotFoundError as exc:
             raise SpoolCorrupt(f"{queue_id}.eml: missing (a delivery state without its message)") from exc
         except OSError as exc:
@@ -520,6 +577,7 @@ class Spool:
         where: str | None = None
         if message.exists():
             (self.failed / f"{queue_id}.tries").unlink(missing_ok=True)
+            self._clear_attempt_mark(message)
             os.replace(message, self.incoming / message.name)
             self._fsync_dir(self.incoming)
             where = "incoming"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,11 @@ from detox.delivery.base import Deliverer, Outcome, Status
 from detox.untrusted import for_log
 
 log = logging.getLogger(__name__)
+
+# A pooled connection idle longer than this is checked with NOOP before it carries a message. One
+# used a moment ago is not: a NOOP is one more round trip per message, and a connection the server
+# did close meanwhile fails at MAIL just as it would at NOOP, which _deliver retries once on a fresh one.
+NOOP_AFTER_IDLE_S = 2.0
 
 
 def _status(code: int) -> Status:
@@ -34,7 +40,9 @@ class SmtpDeliverer(Deliverer):
         self.port = port
         self.config = config
         self.helo = config.helo_name or helo
-        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._idle: asyncio.LifoQueue[tuple[aiosmtplib.SMTP, float]] = (
+            asyncio.LifoQueue()
+        )  # (client, last used)
 
     def _new_client(self) -> aiosmtplib.SMTP:
         start_tls: bool | None = {
@@ -55,18 +63,21 @@ class SmtpDeliverer(Deliverer):
 
     @asynccontextmanager
     async def _lease(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        client = self._idle.get_nowait() if not self._idle.empty() else self._new_client()
+        if self._idle.empty():
+            client, last_used = self._new_client(), 0.0
+        else:
+            client, last_used = self._idle.get_nowait()
         healthy = False
         try:
             if not client.is_connected:
                 await client.connect()
-            else:
-                await client.noop()  # a reused connection may have been closed by the server
+            elif time.monotonic() - last_used > NOOP_AFTER_IDLE_S:
+                await client.noop()  # a connection idle for a while may have been closed by the server
             yield client
             healthy = True
         finally:
             if healthy and client.is_connected:
-                self._idle.put_nowait(client)
+                self._idle.put_nowait((client, time.monotonic()))
             else:
                 client.close()
 
@@ -112,7 +123,7 @@ class SmtpDeliverer(Deliverer):
 
     async def aclose(self) -> None:
         while not self._idle.empty():
-            client = self._idle.get_nowait()
+            client, _ = self._idle.get_nowait()
             try:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):

@@ -19,13 +19,20 @@ Why DATA is ours and not aiosmtpd's:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, cast
 
+import aiosmtpd
+from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP
 
 from detox.config.schema import DetoxConfig
@@ -39,6 +46,10 @@ READ_LIMIT = 64 * 1024  # the stream reader's line buffer; longer lines are read
 # A header field line as Python's email parser recognises one (feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
 _SIZE = re.compile(r"\bSIZE=(\d{1,20})\b", re.IGNORECASE)
+# aiosmtpd releases whose SMTP.__init__ DetoxSMTP._lean_init reproduces (tests/unit/test_smtp_ingest.py
+# compares the two attribute by attribute); any other release gets aiosmtpd's own __init__.
+LEAN_INIT_VERSIONS = ("1.4.",)
+LEAN_INIT = str(aiosmtpd.__version__).startswith(LEAN_INIT_VERSIONS)
 
 
 def tls_context(config: DetoxConfig) -> ssl.SSLContext | None:
@@ -105,11 +116,55 @@ class SessionGate:
             session.abort()
 
 
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """What aiosmtpd's SMTP.__init__ finds by introspection, by attribute name: the same for every
+    session of one (protocol class, handler class), so it is looked up once, not per connection."""
+
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, built in, i.e. on the protocol)
+    hooks: tuple[tuple[str, str], ...]  # (command, handler attribute)
+    commands: tuple[tuple[str, str], ...]  # (command, protocol attribute)
+    ehlo_hook_ver: str | None
+
+
+_TABLES: dict[tuple[type, type], _Tables] = {}
+
+
+def _tables(protocol: SMTP, handler: Any) -> _Tables:
+    key = (type(protocol), type(handler))
+    tables = _TABLES.get(key)
+    if tables is None:
+        auth = tuple(
+            (
+                getattr(member, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")),
+                name,
+                obj is protocol,
+            )
+            for obj in (protocol, handler)
+            for name, member in inspect.getmembers(obj)
+            if name.startswith("auth_")
+        )
+        hooks = tuple((m.replace("handle_", ""), m) for m in dir(handler) if m.startswith("handle_"))
+        ehlo = getattr(handler, "handle_EHLO", None)
+        ehlo_ver = None
+        if ehlo is not None:
+            count = len(inspect.signature(ehlo).parameters)
+            if count not in (4, 5):
+                raise RuntimeError("Unsupported EHLO Hook")
+            ehlo_ver = "new" if count == 5 else "old"
+        commands = tuple((m.replace("smtp_", ""), m) for m in dir(protocol) if m.startswith("smtp_"))
+        tables = _TABLES[key] = _Tables(auth, hooks, commands, ehlo_ver)
+    return tables
+
+
 class DetoxSMTP(SMTP):
     line_length_limit = READ_LIMIT  # aiosmtpd sizes its StreamReader with this
 
     def __init__(self, handler: Handler, gate: SessionGate, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+        if LEAN_INIT:
+            self._lean_init(handler, **kwargs)
+        else:
+            super().__init__(handler, **kwargs)
         self.detox_handler = handler
         self.gate = gate
         self._client = ""
@@ -117,6 +172,89 @@ class DetoxSMTP(SMTP):
         self._refused = False
         self._in_data = False
         self._close_after_data = False
+
+    def _lean_init(
+        self,
+        handler: Handler,
+        *,
+        data_size_limit: int | None,
+        enable_SMTPUTF8: bool,
+        decode_data: bool,
+        hostname: str | None,
+        ident: str | None,
+        tls_context: ssl.SSLContext | None,
+        require_starttls: bool,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """aiosmtpd's SMTP.__init__ for the arguments detox passes (no AUTH, no call limit, no PROXY).
+
+        aiosmtpd's own builds its AUTH, hook and command tables with ``inspect.getmembers`` and
+        ``dir`` for every connection, about a fifth of the event loop's time per message; here they
+        come from ``_tables``, computed once per class. The attributes are the same (a unit test
+        compares them with what aiosmtpd's __init__ makes).
+        """
+        self.__ident__ = ident or aiosmtpd_smtp.__ident__
+        self.loop = loop
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self.command_size_limits.clear()
+        self.hostname = hostname or socket.getfqdn()
+        self.tls_context = tls_context
+        if tls_context and tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
+            log.warning("tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}")
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = True
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = aiosmtpd_smtp.login_always_fail
+        self._auth_required = False
+        tables = _tables(self, handler)
+        self._auth_methods = {
+            mech: aiosmtpd_smtp._AuthMechAttr(getattr(self if builtin else handler, name), builtin)
+            for mech, name, builtin in tables.auth
+        }
+        self._handle_hooks = {command: getattr(handler, name) for command, name in tables.hooks}
+        self._ehlo_hook_ver = tables.ehlo_hook_ver
+        self._smtp_methods = {command: getattr(self, name) for command, name in tables.commands}
+        self._enforce_call_limit = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's _getaddr (MAIL and RCPT) without the typing.Protocol class it defines on every
+        call, only for its type checker: a class creation (ABCMeta, Protocol.__init_subclass__) per
+        command. Same parsing, same results (a unit test compares them)."""
+        if not arg:
+            return "", ""
+        address: Any
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     # -- sessions ---------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import detox.audit as audit_mod
 from detox.audit import (
     GENESIS,
     ROTATED,
@@ -198,3 +200,74 @@ def test_follow_sees_new_records_across_rotation(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in seen]
     assert events.count("later") == 8 and "received" not in events
     assert len(chain_files(path)) > 2  # it really crossed rotations
+
+
+def test_threads_sharing_one_log_are_group_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers arriving while a group is being synced go out together, with one sync; each call
+    returns only after its own sync, and the chain (with another writer and rotation) stays whole."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync=True, rotate_bytes=4096)
+    other = AuditLog(path, fsync=False, rotate_bytes=4096)  # as another process would
+    syncs: list[int] = []
+    first_sync_may_end = threading.Event()
+    real_sync = audit_mod._sync
+
+    def sync(fd: int) -> None:
+        syncs.append(fd)
+        if len(syncs) == 1:
+            first_sync_may_end.wait(30)
+        real_sync(fd)
+
+    monkeypatch.setattr(audit_mod, "_sync", sync)
+    returned: list[str] = []
+
+    def work(name: str) -> None:
+        log.write("event", name)
+        returned.append(name)
+
+    first = threading.Thread(target=work, args=("first",))
+    first.start()
+    while not syncs:  # the first writer is in its sync
+        time.sleep(0.01)
+    rest = [threading.Thread(target=work, args=(f"T{n}",)) for n in range(7)]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(log._waiting) < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert returned == []  # nobody returns before the sync of their record
+    first_sync_may_end.set()
+    for t in [first, *rest]:
+        t.join()
+    assert len(syncs) == 2  # the first record, then the 7 that queued behind it
+    assert sorted(returned) == sorted(["first", *(f"T{n}" for n in range(7))])
+    for i in range(40):
+        (log if i % 2 else other).write("more", f"M{i}", subject="①見積書（㈱髙橋）")
+    log.close()
+    ok, message = verify(path)
+    assert ok, message
+    records = read_records(path)
+    assert len([r for r in records if r["event"] == "event"]) == 8
+    assert [r["queue_id"] for r in records if r["event"] == "more"] == [f"M{i}" for i in range(40)]
+    assert len(chain_files(path)) > 2
+
+
+def test_a_failed_group_raises_for_each_writer_and_the_chain_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync=True)
+    log.write("before")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_mod, "_sync", full)
+    with pytest.raises(OSError) as caught:
+        log.append([log.record("a"), log.record("b")])
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    log.write("after")
+    ok, message = verify(path)
+    assert ok, message
+    assert [r["event"] for r in read_records(path)][-1] == "after"

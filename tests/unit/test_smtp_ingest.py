@@ -8,21 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+import ssl
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosmtpd
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from detox.audit import AuditLog, read_records
 from detox.config.schema import DetoxConfig, LimitsConfig, ServerConfig, StorageConfig
+from detox.smtp import server as server_mod
 from detox.smtp.handler import Backlog, Handler, RefusalLog
 from detox.smtp.server import SessionGate, start_listener
 from detox.spool import Spool
 
 RCPT = b"taro@city.example.lg.jp"
+_SMTP_KWARGS: dict[str, Any] = dict(
+    hostname="mx.example",
+    ident="detox",
+    data_size_limit=1234,
+    enable_SMTPUTF8=True,
+    decode_data=False,
+    tls_context=None,
+    require_starttls=False,
+    timeout=42.0,
+)
 
 
 @dataclass
@@ -370,3 +386,91 @@ def test_refusal_record_fields_are_json(tmp_path: Path) -> None:
     [line] = (tmp_path / "a.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["count"] == 30 and len(record["clients"]) == 20  # the top 20 clients
+
+
+# -- DetoxSMTP's own __init__ -----------------------------------------------------------------------
+
+
+def _comparable(value: Any, owner: object) -> Any:
+    """What matters of an attribute: bound methods by function and owner ("self" for the protocol
+    itself), readers by their limit, weak references by what they point at."""
+    if inspect.ismethod(value):
+        return ("method", value.__func__, "self" if value.__self__ is owner else value.__self__)
+    if isinstance(value, dict):
+        return {k: _comparable(v, owner) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_comparable(v, owner) for v in value)
+    if isinstance(value, asyncio.StreamReader):
+        return ("reader", value._limit)  # type: ignore[attr-defined]
+    if isinstance(value, weakref.ReferenceType):
+        return ("weakref", _comparable(value(), owner))
+    if isinstance(value, asyncio.Future):
+        return ("future", value.done())
+    return value
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: bool) -> None:
+    """The per-connection __init__ without introspection sets every attribute as aiosmtpd's does."""
+    assert server_mod.LEAN_INIT, f"aiosmtpd {aiosmtpd.__version__}: check DetoxSMTP._lean_init against it"
+    config = make_config(tmp_path, {}, {})
+    spool = Spool(tmp_path / "spool", fsync=False)
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
+    refusals = RefusalLog(audit)
+    handler = Handler(lambda: config, spool, audit, Backlog(), refusals, lambda _: None)
+    gate = SessionGate(lambda: config, refusals)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if tls else None
+    kwargs: dict[str, Any] = dict(
+        hostname="mx.example",
+        ident="detox",
+        data_size_limit=1234,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        tls_context=context,
+        require_starttls=tls,
+        timeout=42.0,
+        loop=asyncio.get_running_loop(),
+    )
+    lean = server_mod.DetoxSMTP(handler, gate, **kwargs)
+    lean_again = server_mod.DetoxSMTP(handler, gate, **kwargs)  # from the cached tables this time
+    try:
+        server_mod.LEAN_INIT = False
+        full = server_mod.DetoxSMTP(handler, gate, **kwargs)
+    finally:
+        server_mod.LEAN_INIT = True
+    want = {k: _comparable(v, full) for k, v in vars(full).items()}
+    for made in (lean, lean_again):
+        assert {k: _comparable(v, made) for k, v in vars(made).items()} == want
+    assert set(lean._auth_methods) == {"LOGIN", "PLAIN"}
+    assert lean._smtp_methods["DATA"].__func__ is server_mod.DetoxSMTP.smtp_DATA
+    assert lean._handle_hooks["RCPT"] == handler.handle_RCPT
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "",
+        "<a@example.com>",
+        "<a@example.com> SIZE=100 BODY=8BITMIME",
+        "a@example.com",
+        "<>",
+        " <a@b.example>",
+        "<@relay.example:a@b.example>",
+        '<"quoted local"@example.com>',
+        "<a@example.com",
+        "<a b@example.com>",
+        "<太郎@例え.jp> SMTPUTF8",
+        "not an address",
+        "<" + "x" * 100 + "@example.com>",
+    ],
+)
+@pytest.mark.parametrize("local_part_limit", [0, 64])
+async def test_getaddr_parses_as_aiosmtpd_does(tmp_path: Path, arg: str, local_part_limit: int) -> None:
+    config = make_config(tmp_path, {}, {})
+    audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
+    refusals = RefusalLog(audit)
+    handler = Handler(lambda: config, Spool(tmp_path / "spool"), audit, Backlog(), refusals, lambda _: None)
+    loop = asyncio.get_running_loop()
+    session = server_mod.DetoxSMTP(handler, SessionGate(lambda: config, refusals), **_SMTP_KWARGS, loop=loop)
+    session.local_part_limit = local_part_limit
+    assert session._getaddr(arg) == SMTP._getaddr(session, arg)
