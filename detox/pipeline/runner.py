@@ -13,6 +13,7 @@ import contextlib
 import email
 import email.policy
 import hashlib
+import importlib
 import logging
 import quopri
 import re
@@ -20,7 +21,7 @@ import signal
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.policy import Compat32
@@ -94,13 +95,17 @@ _type_cache: OrderedDict[bytes, str] = OrderedDict()
 _type_lock = threading.Lock()
 
 
-def detect_type(data: bytes) -> str:
-    """The true type of the bytes according to libmagic (one handle per process)."""
+def detect_type(data: bytes, *, digest: bytes | None = None) -> str:
+    """The true type of the bytes according to libmagic (one handle per process).
+
+    ``digest``: the SHA-256 of ``data`` if the caller has it (a part's is computed anyway); it is
+    the cache key when ``data`` is no longer than what libmagic reads.
+    """
     global _magic
     if not data:
         return "inode/x-empty"
     sniff = data[:_SNIFF_BYTES]
-    key = hashlib.sha256(sniff).digest()
+    key = digest if digest is not None and len(data) <= _SNIFF_BYTES else hashlib.sha256(sniff).digest()
     with _type_lock:
         found = _type_cache.get(key)
         if found is not None:
@@ -117,6 +122,12 @@ def detect_type(data: bytes) -> str:
         if len(_type_cache) > _TYPE_CACHE_SIZE:
             _type_cache.popitem(last=False)
     return found
+
+
+# signal.signal() wraps _signal.signal() to hand back handlers as enum members, which for a Python
+# handler means raising and catching a ValueError; deadline() swaps handlers twice per filter run and
+# only ever passes back what it got, so it calls the C function directly.
+_swap_handler: Callable[[int, Any], Any] = importlib.import_module("_signal").signal
 
 
 @contextlib.contextmanager
@@ -138,13 +149,13 @@ def deadline(seconds: float) -> Iterator[None]:
     outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
     started = time.monotonic()
     effective = min(seconds, outer_remaining) if outer_remaining > 0 else seconds
-    previous = signal.signal(signal.SIGALRM, _expired)
+    previous = _swap_handler(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, effective)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _swap_handler(signal.SIGALRM, previous)
         if outer_remaining > 0:
             left = outer_remaining - (time.monotonic() - started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
@@ -482,15 +493,16 @@ class _Walk:
             charset = node.get_content_charset()
         except Exception:  # noqa: BLE001 - a garbled parameter is the same as none: detection decides
             charset = None
+        digest = hashlib.sha256(payload)  # the part's SHA-256 and detect_type's cache key
         return Part(
             part_id=path,
             role=role,
             declared_type=ctype,
-            detected_type=detect_type(payload),
+            detected_type=detect_type(payload, digest=digest.digest()),
             charset_label=charset,
             untrusted_filename=filename,
             payload=payload,
-            sha256=sha256(payload),
+            sha256=digest.hexdigest(),
             depth=depth,
         )
 
