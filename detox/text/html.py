@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
+import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -309,6 +310,10 @@ class _TreeBuilder:
     """An lxml parser target (start/end/data/comment/pi/doctype/close events) making the tree."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new tree (one builder serves every document its parser reads)."""
         self.root = _Node(_ROOT, {}, "")
         self.stack = [self.root]
         self.open: Counter[str] = Counter()  # open elements by name
@@ -400,15 +405,31 @@ def _parse_tree(markup: str) -> _Node:
         return _parse_with(markup.encode("utf-8"), "utf8")
 
 
+# One parser per thread and encoding, kept: lxml sets up a parser's target on its first feed
+# (Python-level introspection of the target's methods, ~250 us, more than parsing a 5 KB mail's
+# HTML), and a parser is reusable once close() has ended a document. A parser whose document
+# ended in an exception (including a deadline's FilterTimeout inside a target call) is dropped.
+_parsers = threading.local()
+
+
 def _parse_with(markup: str | bytes, encoding: str | None) -> _Node:
-    builder = _TreeBuilder()
-    # cast: the stubs' ParserTarget protocol also wants start_ns/end_ns, which lxml only calls if present.
-    target = cast(Any, builder)
-    parser = etree.HTMLParser(target=target, recover=True, huge_tree=False, encoding=encoding)
+    kept: dict[str | None, tuple[Any, _TreeBuilder]] | None = getattr(_parsers, "kept", None)
+    if kept is None:
+        kept = _parsers.kept = {}
+    found = kept.pop(encoding, None)  # taken out while in use: a re-entrant call gets its own
+    if found is None:
+        builder = _TreeBuilder()
+        # cast: the stubs' ParserTarget protocol also wants start_ns/end_ns, which lxml only calls if present.
+        target = cast(Any, builder)
+        found = etree.HTMLParser(target=target, recover=True, huge_tree=False, encoding=encoding), builder
+    parser, builder = found
     parser.feed(markup)
     parser.close()
     builder.flush_text()  # text after the last event
-    return builder.root
+    root = builder.root
+    builder.reset()  # the builder keeps nothing of this document
+    kept[encoding] = (parser, builder)
+    return root
 
 
 def _attr(tag: _Node, name: str) -> str:
