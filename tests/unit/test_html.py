@@ -650,3 +650,23 @@ def test_a_parser_whose_document_raised_is_not_used_again(monkeypatch: pytest.Mo
         assert html_to_text(NEWSLETTER) == expected
     finally:
         html_module._parsers.__dict__.pop("kept", None)  # none bound to the patched start is kept
+
+
+def test_quick_check_never_misses_what_the_expressions_strip() -> None:
+    # Every code point either class matches would make the quick check say "something to strip".
+    every = "".join(map(chr, range(0x110000)))
+    matched = set(html_module._INVISIBLE_RE.findall(every)) | set(html_module._CONTROL_RE.findall(every))
+    assert len(matched) > 200
+    for ch in matched:
+        assert ch not in html_module._ALLOWED_NONPRINTABLE
+        assert not ch.isprintable() or ch in html_module._PRINTABLE_INVISIBLE, hex(ord(ch))
+        assert not html_module._nothing_to_strip("あ" * 70 + ch + "\u3000\n"), hex(ord(ch))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(min_size=65, max_size=300), st.text(max_size=5))
+def test_strip_invisible_is_the_two_expressions(text: str, extra: str) -> None:
+    for source in (text, text + extra, extra + "お知らせ\u3000\xa0\t\r\n\f" * 10):
+        removed, invisible = html_module._INVISIBLE_RE.subn("", source)
+        removed, control = html_module._CONTROL_RE.subn("", removed)
+        assert strip_invisible(source) == (removed, invisible, control)
