@@ -15,6 +15,7 @@ import email.policy
 import hashlib
 import importlib
 import logging
+import operator
 import quopri
 import re
 import signal
@@ -700,12 +701,12 @@ def _disposition(node: Message) -> str:
 def _coverage(plain: str, rich: str, limit: int = 200_000) -> float:
     """Share of the rich text's character bigrams (URLs left out) that the plain text also has."""
 
-    def bigrams(text: str) -> set[str]:
+    def bigrams(text: str) -> Iterator[str]:
         flat = "".join(_URL.sub(" ", text[:limit]).split())
-        return {flat[i : i + 2] for i in range(len(flat) - 1)}
+        return map(operator.add, flat, flat[1:])  # flat[i] + flat[i + 1], made in C
 
-    wanted = bigrams(rich)
-    return len(wanted & bigrams(plain)) / len(wanted) if wanted else 1.0
+    wanted = set(bigrams(rich))
+    return len(wanted.intersection(bigrams(plain))) / len(wanted) if wanted else 1.0
 
 
 def _join(prefix: str, index: str) -> str:
