@@ -271,8 +271,19 @@ def _body_part(target: EmailMessage, text: str, charset: str) -> None:
         # The content manager writes the headers (for any text they are the same); the payload is
         # made here (it is what the content manager would make of the text, see _base64_body).
         payload = _base64_body(text)
-        target.set_content("", subtype="plain", charset="utf-8", cte="base64")
-        target.set_payload(payload)
+        if target.get_payload() is None and not any(k.lower().startswith("content-") for k in target):
+            # What set_content(text, subtype="plain", charset="utf-8", cte="base64") does to a part
+            # with no content yet (compose's are new): Content-Type "text/plain", then its charset
+            # parameter, then the transfer encoding, then MIME-Version if missing. The values are
+            # the strings set_content builds, so the header objects and bytes are the same.
+            target["Content-Type"] = 'text/plain; charset="utf-8"'
+            target.set_payload(payload)
+            target["Content-Transfer-Encoding"] = "base64"
+            if "MIME-Version" not in target:
+                target["MIME-Version"] = "1.0"
+        else:
+            target.set_content("", subtype="plain", charset="utf-8", cte="base64")
+            target.set_payload(payload)
     else:
         target["Content-Type"] = f'text/plain; charset="{label}"'
         target["Content-Transfer-Encoding"] = "7bit"

@@ -240,3 +240,19 @@ def test_serialize_is_as_bytes(text: str, names: list[str]) -> None:
     if out.is_multipart():
         out.set_boundary("==detox-test-boundary==")  # as_bytes would draw another one
     assert serialize(out) == out.as_bytes(policy=_SMTP)
+
+
+@profile(200)
+@given(text=BODY_TEXT, forwarded=st.booleans())
+def test_body_part_is_what_set_content_makes(text: str, forwarded: bool) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _body_part
+
+    ours, ref = EmailMessage(policy=_COMPOSE_POLICY), EmailMessage(policy=_COMPOSE_POLICY)
+    for out in (ours, ref):
+        set_header(out, "Subject", "test")
+        if not forwarded:  # a forwarded message's part has no MIME-Version of its own yet
+            out["MIME-Version"] = "1.0"
+    _body_part(ours, text, "utf-8")
+    ref.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+    assert list(ours.items()) == list(ref.items())
+    assert serialize(ours) == serialize(ref) == ref.as_bytes(policy=_SMTP)
