@@ -6,16 +6,19 @@ or part we did not choose to write cannot leak through.
 
 from __future__ import annotations
 
+import binascii
 import email.policy
 import email.utils
 import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.generator import BytesGenerator
 from email.header import Header
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.policy import Policy
+from io import BytesIO
 from typing import Any
 
 from detox.config.schema import DetoxConfig
@@ -160,8 +163,68 @@ def _check_folds(out: EmailMessage, name: str) -> None:
         raise ValueError(f"{name}: continuation line without leading whitespace")
 
 
+# -- headers whose folding is known without the header parser -----------------------------------
+#
+# A header of printable ASCII words that fits on one line is written by the stdlib as
+# "Name: value" + CRLF, and parsing it into a header object (then folding the object) only proves
+# that again: for Date, Message-ID and X-Detox-Id that is a quarter of the per-message CPU of a
+# plain mail, since their values never repeat. Such values are stored as they will be written
+# (set_raw), which the generator writes as they are when they fit (refold_source="long"); reading
+# one back (out["Date"]) parses it then, as the policy does for any raw value.
+# tests/unit/test_compose.py checks that the bytes are those of the parsed-header path.
+
+_SIMPLE_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, one space between
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MESSAGE_ID = re.compile(rf"<{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*>")  # <dot-atom@host>
+# Names the stdlib reads as unstructured text (or with a parser that keeps a simple value as it is).
+_UNSTRUCTURED = frozenset({"subject", "x-detox-id", "x-detox-actions", "in-reply-to", "references"})
+_MAX_FOLD = 78  # policy.max_line_length: a longer header line is refolded by the generator
+
+
+def _plain_value(name: str, value: str) -> str | None:
+    """The value as the stdlib would write it on one line, or None to leave it to the header parser."""
+    lname = name.lower()
+    if lname == "date":
+        try:  # DateHeader writes the parsed date, formatted again
+            value = email.utils.format_datetime(email.utils.parsedate_to_datetime(value))
+        except Exception:  # noqa: BLE001 - unparsable dates take the parser's way (its defect)
+            return None
+    elif lname == "message-id":
+        if _MESSAGE_ID.fullmatch(value) is None:
+            return None
+    elif lname not in _UNSTRUCTURED:
+        return None
+    if (
+        len(name) + 2 + len(value) > _MAX_FOLD
+        or "=?" in value  # an encoded word would be decoded by the parser
+        or _SIMPLE_VALUE.fullmatch(value) is None
+    ):
+        return None
+    return value
+
+
+def _set_plain(out: EmailMessage, name: str, value: str) -> bool:
+    """Store a header that needs no parsing as it will be written; False if it needs the parser."""
+    plain = _plain_value(name, value)
+    if plain is None:
+        return False
+    max_count = out.policy.header_max_count(name)
+    if max_count is not None and sum(k.lower() == name.lower() for k in out) >= max_count:
+        return False  # one too many: __setitem__ refuses it, and set_header handles that
+    out.set_raw(name, plain)
+    return True
+
+
+def _put(out: EmailMessage, name: str, value: str) -> None:
+    """``out[name] = value``, without the parser when the value needs none."""
+    if not _set_plain(out, name, value):
+        out[name] = value
+
+
 def set_header(out: EmailMessage, name: str, value: str) -> None:
     """Set a header; if it cannot be written safely as a structured header, as RFC 2047 text."""
+    if _set_plain(out, name, value):
+        return
     try:
         out[name] = value
         _check_folds(out, name)
@@ -188,11 +251,39 @@ def _received(envelope: Envelope, hostname: str) -> str:
     return f"{trace}{for_clause}; {when}"
 
 
+def _base64_body(text: str) -> str:
+    """What ``set_content(text, charset="utf-8", cte="base64")`` makes the payload, in one pass.
+
+    The content manager joins the text's lines with the compose policy's "\\n", ends it with one,
+    and base64-encodes it 57 bytes (one 76-character line) at a time. 57 bytes are 19 whole
+    base64 groups, so encoding everything at once and cutting it into 76-character lines is the
+    same text, without a call per line.
+    """
+    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    encoded = binascii.b2a_base64(data, newline=False).decode("ascii")
+    return "".join([encoded[i : i + 76] + "\n" for i in range(0, len(encoded), 76)])
+
+
 def _body_part(target: EmailMessage, text: str, charset: str) -> None:
     data, label = encode_body(text, charset)
     if label == "utf-8":
         # base64: safe through any downstream (no 8BITMIME needed, no line-length limits).
-        target.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+        # The content manager writes the headers (for any text they are the same); the payload is
+        # made here (it is what the content manager would make of the text, see _base64_body).
+        payload = _base64_body(text)
+        if target.get_payload() is None and not any(k.lower().startswith("content-") for k in target):
+            # What set_content(text, subtype="plain", charset="utf-8", cte="base64") does to a part
+            # with no content yet (compose's are new): Content-Type "text/plain", then its charset
+            # parameter, then the transfer encoding, then MIME-Version if missing. The values are
+            # the strings set_content builds, so the header objects and bytes are the same.
+            target["Content-Type"] = 'text/plain; charset="utf-8"'
+            target.set_payload(payload)
+            target["Content-Transfer-Encoding"] = "base64"
+            if "MIME-Version" not in target:
+                target["MIME-Version"] = "1.0"
+        else:
+            target.set_content("", subtype="plain", charset="utf-8", cte="base64")
+            target.set_payload(payload)
     else:
         target["Content-Type"] = f'text/plain; charset="{label}"'
         target["Content-Transfer-Encoding"] = "7bit"
@@ -236,16 +327,39 @@ def compose_message(
     out["Received"] = _received(envelope, config.server.hostname)
     _copy_headers(original, out)
     if "Date" not in out:
-        out["Date"] = email.utils.format_datetime(email.utils.localtime())
+        _put(out, "Date", email.utils.format_datetime(email.utils.localtime()))
     if "From" not in out and envelope.mail_from:
         set_header(out, "From", _clean(envelope.mail_from))
-    out["X-Detox-Id"] = envelope.queue_id
-    out["X-Detox-Actions"] = actions
+    _put(out, "X-Detox-Id", envelope.queue_id)
+    _put(out, "X-Detox-Actions", actions)
     out["MIME-Version"] = "1.0"
     _fill(out, body_text, attachments, config)
     return out
 
 
+_NLCRE = re.compile(r"\r\n|\r|\n")  # email.generator.NLCRE
+
+
+class _Generator(BytesGenerator):
+    """BytesGenerator writing a body's lines with one write, not two per line.
+
+    The stock _write_lines splits the text at each line break and writes each line, then the
+    policy's line separator: that is the lines joined with the separator (the last piece, empty
+    when the text ends with a line break, written as it is), which is what is written here.
+    """
+
+    def _write_lines(self, lines: str) -> None:
+        if not lines:
+            return
+        nl: str = self._NL  # type: ignore[attr-defined]
+        if "\r" in lines:
+            self.write(nl.join(_NLCRE.split(lines)))
+        else:  # only LF line breaks (every payload compose makes): the same, without the regex
+            self.write(lines.replace("\n", nl))
+
+
 def serialize(msg: EmailMessage) -> bytes:
-    """RFC 5322 bytes with CRLF line endings, 7-bit safe headers."""
-    return msg.as_bytes(policy=_SMTP)
+    """RFC 5322 bytes with CRLF line endings, 7-bit safe headers (``msg.as_bytes(policy=SMTP)``)."""
+    fp = BytesIO()
+    _Generator(fp, mangle_from_=False, policy=_SMTP).flatten(msg, unixfrom=False)
+    return fp.getvalue()

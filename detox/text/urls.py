@@ -57,6 +57,9 @@ _URL_START_RE = re.compile(
     f"(?:(?P<defanged>{_DEFANGED})|(?P<defanged_bare>{_DEFANGED_BARE})"
     f"|(?P<scheme>{_SCHEME}){_SEPARATOR}|(?P<bare>{_BARE}))"
 )
+# The first letters alone: a plain character class, which re scans for without entering the
+# pattern at every position; a stretch with none of them cannot hold a URL start.
+_FIRST_LETTER_RE = re.compile(f"[{_FIRST_LETTERS}]")
 _INNER_SCHEME_RE = re.compile(f"(?P<scheme>{_SCHEME}){_SEPARATOR}")
 
 # A URL stops at whitespace, quotes, angle brackets, controls, and the Japanese brackets and
@@ -151,7 +154,12 @@ def defang_urls(text: str) -> DefangResult:
     out: list[str] = []
     count = 0
     last = pos = 0
-    while (m := _URL_START_RE.search(text, pos)) is not None:
+    while (first := _FIRST_LETTER_RE.search(text, pos)) is not None:
+        # No URL starts before the next first letter: search on from there (lookbehinds still
+        # see the text before it).
+        m = _URL_START_RE.search(text, first.start())
+        if m is None:
+            break
         start, pos = m.start(), m.end()
         if m.group("defanged") is not None or m.group("defanged_bare") is not None:
             end = _url_end(text, pos, seen_dot=m.group("defanged") is None)

@@ -96,3 +96,163 @@ def test_any_attachment_name_serializes_to_a_well_formed_block(filename: str, te
         assert not header_block_problems(block), header_block_problems(block)
     [attachment] = list(parsed.iter_attachments())
     assert attachment.get_content_type() == ctype
+
+
+# -- the parser-free paths give the parser's bytes ---------------------------------------------------
+
+_SMTP = email.policy.SMTP
+PLAIN_NAMES = ("Date", "Message-ID", "Subject", "X-Detox-Id", "X-Detox-Actions", "In-Reply-To", "References")
+ASCII_PIECES = st.sampled_from(
+    [
+        " ", "  ", "\t", "<", ">", "@", ".", "..", "(", ")", '"', ",", ";", ":", "\\", "=?", "?=", "[", "]",
+        "=?utf-8?q?a?=", "<a@b>", "<a.b@c.d>", "<.a@b>", "<a..b@c>", "<a@[1.2.3.4]>", "<a@b", "a@b>",
+        "Thu, 26 Nov 2026 01:02:03 +0000", "Thu, 26 Nov 2026 01:02:03 -0000", "26 Nov 2026 01:02 +0900",
+        "Thu, 26 Nov 2026 01:02:03 +0000 (UTC)", "Thu, 26 Nov 26 01:02:03 GMT",
+        "Mon, 31 Feb 2026 25:61:61 +9999",
+        "Thu, 26 Nov 2026 01:02:03 JST", "0", "-", "あ", "\x7f", "\x00",
+    ]
+)  # fmt: skip
+ASCII_WORDS = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40)
+ASCII_VALUES = st.lists(st.one_of(ASCII_PIECES, ASCII_WORDS), min_size=1, max_size=6).map("".join)
+
+
+def _parser_path(name: str, value: str) -> bytes | None:
+    """The header line as set_header wrote it before the parser-free path (None: it raised)."""
+    from detox.pipeline.compose import _COMPOSE_POLICY, _check_folds
+
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    try:
+        out[name] = value
+        _check_folds(out, name)
+    except Exception:  # set_header then takes its RFC 2047 way, not compared here
+        return None
+    key, stored = list(out.raw_items())[-1]
+    return _SMTP.fold_binary(key, stored)
+
+
+@profile(1500)
+@given(name=st.sampled_from(PLAIN_NAMES), value=ASCII_VALUES)
+def test_plain_header_path_writes_what_the_parser_path_writes(name: str, value: str) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _plain_value
+
+    plain = _plain_value(name, value)
+    if plain is None:
+        return
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    set_header(out, name, value)
+    key, stored = list(out.raw_items())[-1]
+    assert isinstance(stored, str) and stored == plain
+    assert _SMTP.fold_binary(key, stored) == _parser_path(name, value)
+    assert str(out[name]) == _reparsed(name, value)  # read back, it is the header the parser made
+
+
+def _reparsed(name: str, value: str) -> str:
+    from detox.pipeline.compose import _COMPOSE_POLICY
+
+    ref = EmailMessage(policy=_COMPOSE_POLICY)
+    ref[name] = value
+    return str(ref[name])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Date", "Thu, 26 Nov 2026 01:02:03 +0000 (UTC)"),
+        ("Date", "26 Nov 2026 01:02:03 +0900"),
+        ("Date", "Thu, 26 Nov 2026 01:02:03 +0000 =?utf-8?q?x?="),  # DateHeader reads the date only
+        ("Message-ID", "<19.0003.0019@vm>"),
+        ("Message-ID", "<CAB1234=abc+def@mail.gmail.com>"),
+        ("Subject", "Re: meeting"),
+        ("X-Detox-Id", "019ABCDEF0123456789A"),
+        ("X-Detox-Actions", "text-converted; html-converted=1; urls-defanged=3"),
+    ],
+)
+def test_common_headers_take_the_plain_path(name: str, value: str) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _plain_value
+
+    assert _plain_value(name, value) is not None
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    set_header(out, name, value)
+    assert _SMTP.fold_binary(*list(out.raw_items())[-1]) == _parser_path(name, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Date", "not a date"),
+        ("Subject", "=?utf-8?q?=E3=81=82?="),
+        ("Subject", "件名"),
+        ("Subject", "x" * 80),
+        ("Message-ID", "<a b@c>"),
+        ("Message-ID", "no-brackets@host"),
+        ("From", "a@src.test"),
+        ("Received", "from x by y; Thu, 26 Nov 2026 01:02:03 +0000"),
+    ],
+)
+def test_other_values_take_the_parser(name: str, value: str) -> None:
+    from detox.pipeline.compose import _plain_value
+
+    assert _plain_value(name, value) is None
+
+
+def test_a_second_single_header_is_still_refused_like_the_parser_does() -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY
+
+    fast, slow = EmailMessage(policy=_COMPOSE_POLICY), EmailMessage(policy=_COMPOSE_POLICY)
+    for out in (fast, slow):
+        set_header(out, "Subject", "one")
+    set_header(fast, "Subject", "two")  # plain value
+    set_header(slow, "Subject", "件名")  # parser path
+    assert [k for k in fast] == [k for k in slow]
+
+
+BODY_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(["\n", "\r", "\r\n", "\x0b", "\x85", "\u2028", "①㈱髙", " ", "x" * 57, "あ" * 19]),
+        st.text(st.characters(exclude_categories=("Cs",)), max_size=20),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@profile(500)
+@given(text=BODY_TEXT)
+def test_base64_body_is_what_set_content_makes(text: str) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _base64_body
+
+    ref = EmailMessage(policy=_COMPOSE_POLICY)
+    ref.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+    assert _base64_body(text) == ref.get_payload()
+
+
+@profile(200)
+@given(text=BODY_TEXT, names=st.lists(st.sampled_from(["a.txt", "b.pdf", "報告書.txt"]), max_size=3))
+def test_serialize_is_as_bytes(text: str, names: list[str]) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY
+
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    set_header(out, "Subject", "test")
+    attachments = [
+        Attachment(Output("text/plain", text.encode("utf-8"), n, "utf-8"), str(i))
+        for i, n in enumerate(names)
+    ]
+    fill(out, text + "\n", attachments, CONFIG)
+    if out.is_multipart():
+        out.set_boundary("==detox-test-boundary==")  # as_bytes would draw another one
+    assert serialize(out) == out.as_bytes(policy=_SMTP)
+
+
+@profile(200)
+@given(text=BODY_TEXT, forwarded=st.booleans())
+def test_body_part_is_what_set_content_makes(text: str, forwarded: bool) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _body_part
+
+    ours, ref = EmailMessage(policy=_COMPOSE_POLICY), EmailMessage(policy=_COMPOSE_POLICY)
+    for out in (ours, ref):
+        set_header(out, "Subject", "test")
+        if not forwarded:  # a forwarded message's part has no MIME-Version of its own yet
+            out["MIME-Version"] = "1.0"
+    _body_part(ours, text, "utf-8")
+    ref.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+    assert list(ours.items()) == list(ref.items())
+    assert serialize(ours) == serialize(ref) == ref.as_bytes(policy=_SMTP)

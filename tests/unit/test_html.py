@@ -601,3 +601,72 @@ def test_property_never_raises_and_output_is_clean(parts: list[str]) -> None:
     assert "\n\n\n" not in out
     assert all(line == line.rstrip() for line in out.split("\n"))
     assert not out.startswith("\n")
+
+
+_REUSE_DOCS = [
+    NEWSLETTER,
+    "<p>a<b>b</p>c",
+    "<pre>  x\n  y</pre><textarea> t </textarea>",
+    "<table><tr><td>1<td>2</table><ul><li>x<li>y</ul>",
+    "<html><body><p>unclosed <a href='https://e.jp/'>link",
+    "<!DOCTYPE html><?pi x?><![CDATA[c]]><!-- c --><p>after</p>",
+    "<div x:hidden>ns</div><svg><text>s</text></svg>",
+    "\ufeff<p>bom</p>",
+    "<p>\udcff lone surrogate</p>",
+    "",
+    "plain text, no tags",
+]
+
+
+def _fresh(source: str) -> HtmlText:
+    html_module._parsers.__dict__.pop("kept", None)  # no kept parser: this one starts from scratch
+    return html_to_text(source)
+
+
+def test_a_kept_parser_reads_every_document_as_a_new_one_would() -> None:
+    expected = [_fresh(doc) for doc in _REUSE_DOCS]
+    for order in (_REUSE_DOCS, list(reversed(_REUSE_DOCS)), _REUSE_DOCS * 2):
+        for doc in order:
+            assert html_to_text(doc) == expected[_REUSE_DOCS.index(doc)], doc[:40]
+
+
+def test_a_parser_whose_document_raised_is_not_used_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _fresh(NEWSLETTER)
+    original = html_module._TreeBuilder.start
+
+    def start(self: html_module._TreeBuilder, tag: str, attrib: dict[str, str]) -> None:
+        if tag == "boom":
+            raise RuntimeError("deadline")  # e.g. FilterTimeout from SIGALRM inside a target call
+        original(self, tag, attrib)
+
+    # lxml binds a target's methods when its parser first runs: patch before any parser is made.
+    html_module._parsers.__dict__.pop("kept", None)
+    monkeypatch.setattr(html_module._TreeBuilder, "start", start)
+    try:
+        assert html_to_text("<p>before</p><boom>x</boom><p>after</p>").removed.get("parse-error") == 1
+        assert not html_module._parsers.kept  # the parser that raised was dropped
+        assert html_to_text(NEWSLETTER) == expected
+        assert html_to_text("<p>before</p><boom>x</boom><p>after</p>").removed.get("parse-error") == 1
+        assert html_to_text(NEWSLETTER) == expected
+    finally:
+        html_module._parsers.__dict__.pop("kept", None)  # none bound to the patched start is kept
+
+
+def test_quick_check_never_misses_what_the_expressions_strip() -> None:
+    # Every code point either class matches would make the quick check say "something to strip".
+    every = "".join(map(chr, range(0x110000)))
+    matched = set(html_module._INVISIBLE_RE.findall(every)) | set(html_module._CONTROL_RE.findall(every))
+    assert len(matched) > 200
+    for ch in matched:
+        assert ch not in html_module._ALLOWED_NONPRINTABLE
+        assert not ch.isprintable() or ch in html_module._PRINTABLE_INVISIBLE, hex(ord(ch))
+        assert not html_module._nothing_to_strip("あ" * 70 + ch + "\u3000\n"), hex(ord(ch))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(min_size=65, max_size=300), st.text(max_size=5))
+def test_strip_invisible_is_the_two_expressions(text: str, extra: str) -> None:
+    for source in (text, text + extra, extra + "お知らせ\u3000\xa0\t\r\n\f" * 10):
+        removed, invisible = html_module._INVISIBLE_RE.subn("", source)
+        removed, control = html_module._CONTROL_RE.subn("", removed)
+        assert strip_invisible(source) == (removed, invisible, control)

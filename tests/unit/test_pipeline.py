@@ -491,3 +491,27 @@ def test_inner_deadline_never_outlives_the_outer_one() -> None:
             time.sleep(3.0)  # capped by the outer's 0.3 s; the inner handler swallows it
         time.sleep(3.0)  # and the outer fires right after
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain ascii\r\n" * 50,
+        "a\x01b\x0bc\x7f" * 20,  # 3 controls in 7: too many
+        "x" * 98 + "\x01\x02",  # 2 in 100: at the limit
+        "x" * 97 + "\x01\x02\x03",  # 3 in 100: over it
+        "本文\x01です" * 30,
+        "\x1b$B" + "x" * 200,
+    ],
+)
+def test_looks_textual_counts_controls_as_the_expression_does(text: str) -> None:
+    import re
+
+    from detox.filters.text import _looks_textual
+    from detox.text.charset import Decoded
+
+    part = Part("1", Role.BODY, "text/plain", "text/plain", None, None, text.encode("utf-8"), "0" * 64, 0)
+    controls = len(re.findall(r"[\x00-\x08\x0b\x0e-\x1f\x7f]", text[:65536]))
+    expected = b"\x00" not in part.payload and controls <= len(text[:65536]) // 50
+    assert _looks_textual(part, Decoded(text, "utf-8", "label")) is expected

@@ -241,3 +241,13 @@ def test_property_email_addresses_are_left_alone(address: str, before: str, afte
     assume(not any(c in local for c in "/?#"))  # those would start a URL path after "www."
     source = before + address + after
     assert defang_urls(source) == DefangResult(text=source, count=0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_URLISH, st.text()), st.sampled_from(["X" * 300 + "\n", "ご案内 0123 @.:/ 。\n" * 20, ""]))
+def test_property_text_without_url_letters_is_skipped_not_changed(source: str, prefix: str) -> None:
+    # The scan jumps to the next h/f/w (or full-width form): a stretch without one changes nothing
+    # and moves nothing, before, between and after URLs.
+    once = defang_urls(source)
+    assert defang_urls(prefix + source) == DefangResult(text=prefix + once.text, count=once.count)
+    assert defang_urls(source + "\n" + prefix).text == once.text + "\n" + prefix
