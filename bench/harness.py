@@ -40,8 +40,12 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", help="also write the results as JSON to this file")
     ap.add_argument("--load-timeout", type=int, default=600, help="timeout for one client run, seconds")
     ap.add_argument("--drain-timeout", type=float, default=600, help="max wait for deliveries, seconds")
-    ap.add_argument("--max-runtime", type=int, default=3600,
-                    help="servers are started under timeout(1) with this many seconds")  # fmt: skip
+    ap.add_argument(
+        "--max-runtime",
+        type=int,
+        default=3600,
+        help="servers are started under timeout(1) with this many seconds",
+    )
     ap.add_argument("--settle", type=float, default=1.0, help="pause between runs, seconds")
     ap.add_argument("--poll-interval", type=float, default=0.02, help="polling interval, seconds")
 
@@ -63,8 +67,10 @@ def raise_interrupt(signum: int, frame: Any) -> None:
 
 def machine_line(name: str, workdir: Path) -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{name}: workdir {workdir}; {os.cpu_count()} CPUs, load average {load}; "
-            f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")  # fmt: skip
+    return (
+        f"{name}: workdir {workdir}; {os.cpu_count()} CPUs, load average {load}; "
+        f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    )
 
 
 @dataclass
@@ -115,8 +121,11 @@ class Harness:
             self.bench.start_relay(self.relay_path, sink_port)
             names.append("relay")
         elif not self.args.no_relay:
-            print("NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
-                  "skipping the baseline, detox's figures only.", flush=True)  # fmt: skip
+            print(
+                "NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
+                "skipping the baseline, detox's figures only.",
+                flush=True,
+            )
         self.bench.start_detox("detox", sink_port, fsync=True)
         names.append("detox")
         return names
@@ -139,14 +148,38 @@ class Harness:
 
     # -- load -----------------------------------------------------------------------------------------
 
-    def client(self, port: int, kind: str, n: int, *, sessions: int = 10, rate: float = 0.0,
-               size: int = 0, max_inflight: int = 200) -> tuple[list[Sent], dict[str, Any]]:  # fmt: skip
+    def client(
+        self,
+        port: int,
+        kind: str,
+        n: int,
+        *,
+        sessions: int = 10,
+        rate: float = 0.0,
+        size: int = 0,
+        max_inflight: int = 200,
+    ) -> tuple[list[Sent], dict[str, Any]]:
         """Run bench/loadgen.py once (bounded by --load-timeout); the messages get fresh seq numbers."""
         out = self.workdir / "client.json"
         out.unlink(missing_ok=True)
-        cmd = ["timeout", str(self.args.load_timeout), sys.executable, str(HERE / "loadgen.py"),
-               "--port", str(port), "--kind", kind, "--n", str(n), "--seq-base", str(self.seq),
-               "--out", str(out), "--max-inflight", str(max_inflight)]  # fmt: skip
+        cmd = [
+            "timeout",
+            str(self.args.load_timeout),
+            sys.executable,
+            str(HERE / "loadgen.py"),
+            "--port",
+            str(port),
+            "--kind",
+            kind,
+            "--n",
+            str(n),
+            "--seq-base",
+            str(self.seq),
+            "--out",
+            str(out),
+            "--max-inflight",
+            str(max_inflight),
+        ]
         cmd += ["--rate", str(rate)] if rate else ["--sessions", str(sessions)]
         if size:
             cmd += ["--size", str(size)]

@@ -40,12 +40,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from harness import Harness, Sent, pct  # noqa: E402
+import throughput  # noqa: E402
+from harness import Harness, pct  # noqa: E402
 
 
 def _ms(values: list[float]) -> str:
-    return f"{1000 * pct(values, 50):7.1f} / {1000 * pct(values, 99):7.1f} / {1000 * max(values):7.1f}" if values \
-        else "n/a"  # fmt: skip
+    return (
+        f"{1000 * pct(values, 50):7.1f} / {1000 * pct(values, 99):7.1f} / {1000 * max(values):7.1f}"
+        if values
+        else "n/a"
+    )
 
 
 def peak(h: Harness, name: str, n: int, sessions: int) -> dict[str, Any]:
@@ -79,16 +83,27 @@ def paced(h: Harness, name: str, n: int, rate: float, rnd: int, max_inflight: in
         f"start→sink {_ms(e2e)} ms; errors {len(errors)}, missing {missing}",
         flush=True,
     )
-    return {"server": name, "round": rnd, "n": n, "rate": rate, "late": result["late"], "errors": errors,
-            "missing": missing, "lat": lat, "e2e": e2e, "submit": sub,
-            "client_cpu_s": result["client_cpu_s"]}  # fmt: skip
+    return {
+        "server": name,
+        "round": rnd,
+        "n": n,
+        "rate": rate,
+        "late": result["late"],
+        "errors": errors,
+        "missing": missing,
+        "lat": lat,
+        "e2e": e2e,
+        "submit": sub,
+        "client_cpu_s": result["client_cpu_s"],
+    }
 
 
 def report(runs: list[dict[str, Any]], peaks: list[dict[str, Any]], rate: float, names: list[str]) -> None:
     print("\n### peak (closed loop; messages / client start → last arrival at the sink)\n")
     for p in peaks:
         print(
-            f"- {p['server']}: {p['delivered_rate']:.1f} msg/s delivered ({p['accepted_rate']:.1f} accepted), "
+            f"- {p['server']}: {p['delivered_rate']:.1f} msg/s delivered "
+            f"({p['accepted_rate']:.1f} accepted), "
             f"errors {p['errors']}"
         )
     rows = []
@@ -99,22 +114,40 @@ def report(runs: list[dict[str, Any]], peaks: list[dict[str, Any]], rate: float,
             continue
         agg = {k: [x for r in mine for x in r[k]] for k in ("lat", "e2e", "submit")}
         pooled[name] = agg
-        rows.append([
-            name, f"{rate:.1f}", str(sum(r["n"] for r in mine)),
-            _ms(agg["lat"]), _ms(agg["e2e"]), _ms(agg["submit"]),
-            ", ".join(f"{1000 * pct(r['lat'], 99):.1f}" for r in mine),
-            str(sum(len(r["errors"]) for r in mine)), str(sum(r["missing"] for r in mine)),
-            str(sum(r["late"] for r in mine)),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{rate:.1f}",
+                str(sum(r["n"] for r in mine)),
+                _ms(agg["lat"]),
+                _ms(agg["e2e"]),
+                _ms(agg["submit"]),
+                ", ".join(f"{1000 * pct(r['lat'], 99):.1f}" for r in mine),
+                str(sum(len(r["errors"]) for r in mine)),
+                str(sum(r["missing"] for r in mine)),
+                str(sum(r["late"] for r in mine)),
+            ]
+        )
     print(f"\n### latency at {rate:.1f} msg/s offered, 5 KB ISO-2022-JP text/plain, 1 msg per connection\n")
-    head = ["server", "msg/s", "msgs", "250→sink p50/p99/max ms", "start→sink p50/p99/max ms",
-            "start→250 p50/p99/max ms", "250→sink p99 per round", "errors", "missing", "late starts"]  # fmt: skip
-    for line in harness.throughput._table(head, rows):
+    head = [
+        "server",
+        "msg/s",
+        "msgs",
+        "250→sink p50/p99/max ms",
+        "start→sink p50/p99/max ms",
+        "start→250 p50/p99/max ms",
+        "250→sink p99 per round",
+        "errors",
+        "missing",
+        "late starts",
+    ]
+    for line in throughput._table(head, rows):
         print(line)
     if "relay" in pooled and "detox" in pooled:
         d, r = pooled["detox"]["e2e"], pooled["relay"]["e2e"]
         print(
-            f"\nratio detox/relay, start→sink: p50 {pct(d, 50) / pct(r, 50):.2f}, p99 {pct(d, 99) / pct(r, 99):.2f}"
+            f"\nratio detox/relay, start→sink: p50 {pct(d, 50) / pct(r, 50):.2f}, "
+            f"p99 {pct(d, 99) / pct(r, 99):.2f}"
             f"; detox's 250→sink p50 {1000 * pct(pooled['detox']['lat'], 50):.1f} ms is the time a message "
             "spends in detox after its 250 (the relay has none: it says 250 after the sink)"
         )

@@ -105,8 +105,13 @@ def _jp_text(seq: int, target: int) -> bytes:
 
 
 def text5k(seq: int, size: int = 5120) -> bytes:
-    head = _headers(seq, "text5k", "【ご案内】①㈱髙﨑 定例会議", 'text/plain; charset="ISO-2022-JP"',
-                    "Content-Transfer-Encoding: 7bit\r\n")  # fmt: skip
+    head = _headers(
+        seq,
+        "text5k",
+        "【ご案内】①㈱髙﨑 定例会議",
+        'text/plain; charset="ISO-2022-JP"',
+        "Content-Transfer-Encoding: 7bit\r\n",
+    )
     return head + _jp_text(seq, max(100, size - len(head)))
 
 
@@ -154,14 +159,17 @@ def make_jpeg() -> bytes:
     draw = ImageDraw.Draw(img)
     for _ in range(80):
         x, y = rng.randint(0, 1500), rng.randint(0, 1100)
-        draw.ellipse((x, y, x + rng.randint(20, 200), y + rng.randint(20, 200)),
-                     fill=(rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255)))  # fmt: skip
+        draw.ellipse(
+            (x, y, x + rng.randint(20, 200), y + rng.randint(20, 200)),
+            fill=(rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255)),
+        )
     noise = Image.effect_noise((1600, 1200), 40).convert("RGB")
     img = Image.blend(img, noise, 0.25)
     path = _font_path()
     if path:
-        ImageDraw.Draw(img).text((80, 80), "市民広場 防災訓練 ㈱髙﨑", fill="white",
-                                 font=ImageFont.truetype(path, 64))  # fmt: skip
+        ImageDraw.Draw(img).text(
+            (80, 80), "市民広場 防災訓練 ㈱髙﨑", fill="white", font=ImageFont.truetype(path, 64)
+        )
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85)
     return out.getvalue()
@@ -171,14 +179,16 @@ def make_docx(seq: int) -> bytes:
     """A minimal valid WordprocessingML package with Japanese paragraphs (and the seq, so it is unique)."""
     paras = [f"見積書送付のご案内（No.{seq}）", *_LINES, "以上、よろしくお願いいたします。"]
     body = "".join(
-        f'<w:p><w:r><w:rPr><w:rFonts w:eastAsia="ＭＳ 明朝"/></w:rPr><w:t xml:space="preserve">{p}</w:t></w:r></w:p>'
+        '<w:p><w:r><w:rPr><w:rFonts w:eastAsia="ＭＳ 明朝"/></w:rPr>'
+        f'<w:t xml:space="preserve">{p}</w:t></w:r></w:p>'
         for p in paras * 3
     )
     files = {
         "[Content_Types].xml": (
             '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
             '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
-            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+            'relationships+xml"/>'
             '<Default Extension="xml" ContentType="application/xml"/>'
             '<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-'
             'officedocument.wordprocessingml.document.main+xml"/>'
@@ -208,8 +218,11 @@ def make_docx(seq: int) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, text in files.items():
-            zf.writestr(zipfile.ZipInfo(name, (2025, 11, 25, 10, 0, 0)), text.encode("utf-8"),
-                        compress_type=zipfile.ZIP_DEFLATED)  # fmt: skip
+            zf.writestr(
+                zipfile.ZipInfo(name, (2025, 11, 25, 10, 0, 0)),
+                text.encode("utf-8"),
+                compress_type=zipfile.ZIP_DEFLATED,
+            )
     return out.getvalue()
 
 
@@ -230,22 +243,29 @@ _BOUNDARY = "----=_Part_bench_0123456789"
 def _with_attachment(seq: int, kind: str, ctype: str, filename: str, data: bytes | None) -> bytes:
     text = _jp_text(seq, 1200)
     if data is None:
-        head = _headers(seq, kind, "【資料送付】議事録", 'text/plain; charset="ISO-2022-JP"',
-                        "Content-Transfer-Encoding: 7bit\r\n")  # fmt: skip
+        head = _headers(
+            seq,
+            kind,
+            "【資料送付】議事録",
+            'text/plain; charset="ISO-2022-JP"',
+            "Content-Transfer-Encoding: 7bit\r\n",
+        )
         return head + text
     head = _headers(seq, kind, "【資料送付】議事録", f'multipart/mixed; boundary="{_BOUNDARY}"')
     b64 = base64.encodebytes(data).replace(b"\n", b"\r\n")
     quoted = "UTF-8''" + "".join(f"%{b:02X}" for b in filename.encode("utf-8"))
-    return b"".join([
-        head,
-        f"--{_BOUNDARY}\r\nContent-Type: text/plain; charset=\"ISO-2022-JP\"\r\n"
-        "Content-Transfer-Encoding: 7bit\r\n\r\n".encode("ascii"),
-        text,
-        f"--{_BOUNDARY}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n"
-        f"Content-Disposition: attachment; filename*={quoted}\r\n\r\n".encode("ascii"),
-        b64,
-        f"--{_BOUNDARY}--\r\n".encode("ascii"),
-    ])  # fmt: skip
+    return b"".join(
+        [
+            head,
+            f'--{_BOUNDARY}\r\nContent-Type: text/plain; charset="ISO-2022-JP"\r\n'
+            "Content-Transfer-Encoding: 7bit\r\n\r\n".encode("ascii"),
+            text,
+            f"--{_BOUNDARY}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n"
+            f"Content-Disposition: attachment; filename*={quoted}\r\n\r\n".encode("ascii"),
+            b64,
+            f"--{_BOUNDARY}--\r\n".encode("ascii"),
+        ]
+    )
 
 
 def pdf_mail(seq: int, size: int = 0) -> bytes:
@@ -279,10 +299,14 @@ def big_mail(seq: int, size: int = 25_000_000) -> bytes:
     """``size`` bytes: a text body and a base64 application/octet-stream attachment (random bytes)."""
     head = _headers(seq, "big", "【大容量】データ送付", f'multipart/mixed; boundary="{_BOUNDARY}"')
     text = _jp_text(seq, 1000)
-    part1 = (f"--{_BOUNDARY}\r\nContent-Type: text/plain; charset=\"ISO-2022-JP\"\r\n"
-             "Content-Transfer-Encoding: 7bit\r\n\r\n").encode("ascii") + text  # fmt: skip
-    part2 = (f"--{_BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64"
-             "\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n\r\n").encode("ascii")  # fmt: skip
+    part1 = (
+        f'--{_BOUNDARY}\r\nContent-Type: text/plain; charset="ISO-2022-JP"\r\n'
+        "Content-Transfer-Encoding: 7bit\r\n\r\n"
+    ).encode("ascii") + text
+    part2 = (
+        f"--{_BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64"
+        '\r\nContent-Disposition: attachment; filename="data.bin"\r\n\r\n'
+    ).encode("ascii")
     tail = f"--{_BOUNDARY}--\r\n".encode("ascii")
     room = size - len(head) - len(part1) - len(part2) - len(tail)
     line = 78  # 76 base64 characters + CRLF
@@ -308,8 +332,14 @@ async def _send_one(port: int, data: bytes, timeout: float) -> tuple[float, floa
     import aiosmtplib
 
     t0 = time.time()
-    client = aiosmtplib.SMTP(hostname=HOST, port=port, local_hostname="bench.src.test",
-                             start_tls=False, use_tls=False, timeout=timeout)  # fmt: skip
+    client = aiosmtplib.SMTP(
+        hostname=HOST,
+        port=port,
+        local_hostname="bench.src.test",
+        start_tls=False,
+        use_tls=False,
+        timeout=timeout,
+    )
     try:
         await client.connect()
         await client.sendmail(MAIL_FROM, [RCPT_TO], data)
@@ -367,8 +397,13 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(session() for _ in range(args.sessions)))
     end = time.time()
     cpu = os.times()
-    return {"start": start, "end": end, "late": late, "records": records,
-            "client_cpu_s": cpu.user + cpu.system}  # fmt: skip
+    return {
+        "start": start,
+        "end": end,
+        "late": late,
+        "records": records,
+        "client_cpu_s": cpu.user + cpu.system,
+    }
 
 
 def main() -> int:

@@ -48,10 +48,17 @@ async def serve(listen: str, out_path: Path) -> None:
         handler = StampHandler(out)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SMTP(handler, hostname="stampsink.test", ident="bench-stampsink", decode_data=False,
-                         data_size_limit=64 * 1024 * 1024),
-            host=host, port=int(port), backlog=1024,
-        )  # fmt: skip
+            lambda: SMTP(
+                handler,
+                hostname="stampsink.test",
+                ident="bench-stampsink",
+                decode_data=False,
+                data_size_limit=64 * 1024 * 1024,
+            ),
+            host=host,
+            port=int(port),
+            backlog=1024,
+        )
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
