@@ -223,11 +223,12 @@ class Harness:
             self.collect()
             if want <= self.arrivals.keys():
                 break
-            if time.monotonic() > deadline or srv.proc.poll() is not None:
+            gone = srv.exited()
+            if time.monotonic() > deadline or gone:
                 missing = len(want - self.arrivals.keys())
                 print(
                     f"  WARNING: {missing} of {len(want)} accepted messages not at the sink "
-                    f"(server {'exited' if srv.proc.poll() is not None else 'still busy'}); see {srv.log}"
+                    f"(server {gone or 'still busy'}); see {srv.log}"
                 )
                 break
             time.sleep(self.args.poll_interval)

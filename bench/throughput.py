@@ -7,7 +7,9 @@ What runs (everything on 127.0.0.1, every process started here is stopped by PID
 
 * downstream: Postfix ``smtp-sink`` (counts what it receives, ``-c``);
 * baseline:   ``../shared/peers/relay.py --loop uvloop --client aiosmtplib-pool`` (forwards inside DATA);
-* detox:      ``.venv/bin/detox serve`` with a temporary config and state_dir, delivering to the sink.
+* detox:      ``.venv/bin/detox serve`` with a temporary config and state_dir, delivering to the sink;
+* baseline:   as root, a private Postfix (tests/support/postfix.py) delivering into a Maildir
+  (``--no-postfix`` leaves it out): "delivered" when all N files are in its Maildir.
 
 Two loads, each 10 concurrent sessions and one message per connection:
 
@@ -402,22 +404,35 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: st
 @dataclass
 class Server:
     name: str
-    proc: subprocess.Popen[bytes]  # the `timeout` wrapper
+    proc: subprocess.Popen[bytes] | None  # the `timeout` wrapper; None for Postfix (its own daemon)
     log: Path
     port: int
     spool: Path | None = None  # detox: <state_dir>/spool
+    maildir: Path | None = None  # Postfix: where it delivers (new/ is counted)
+    postfix: Any = None  # Postfix: the tests' PostfixInstance (started and stopped by its own commands)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """Root of the process tree that is measured (Postfix: its master)."""
+        if self.proc is not None:
+            return self.proc.pid
+        return int(self.postfix.master_pid() or 0) if self.postfix is not None else 0
 
     def main_pid(self) -> int:
         """The server itself (the child of `timeout`), which gets our SIGTERM."""
+        if self.proc is None:
+            return self.pid
         for pid in process_tree(self.proc.pid)[1:]:
             f = _stat(pid)
             if f is not None and int(f[1]) == self.proc.pid:
                 return pid
         return self.proc.pid
+
+    def exited(self) -> str | None:
+        """Why the server is gone, or None while it runs."""
+        if self.proc is not None:
+            return None if self.proc.poll() is None else f"exited ({self.proc.returncode})"
+        return None if self.postfix is None or self.postfix.running else "master gone"
 
 
 class Processes:
@@ -571,9 +586,59 @@ class Bench:
         self.servers[name] = Server(name, proc, log, port, spool=state / "spool")
         self.sampler.watch(name, proc.pid)
 
+    def start_postfix(self) -> bool:
+        """A private Postfix (the test suite's tests/support/postfix.py: root only) delivering every
+        city.example.lg.jp recipient into one Maildir. False, with a note, when it can't run here."""
+        sys.path.insert(0, str(REPO / "tests"))
+        try:
+            from support.postfix import PostfixInstance, unavailable_reason
+        except ImportError as exc:
+            print(f"NOTE: no Postfix baseline: tests/support/postfix.py not importable ({exc})", flush=True)
+            return False
+        reason = unavailable_reason()
+        if reason is not None:
+            print(f"NOTE: no Postfix baseline: {reason}", flush=True)
+            return False
+        instance = PostfixInstance(port=free_port())
+        try:
+            instance.start()
+        except Exception as exc:
+            print(f"NOTE: no Postfix baseline: it did not start ({exc})", flush=True)
+            return False
+        server = Server("postfix", None, instance.log_file, instance.port, maildir=instance.maildir(),
+                        postfix=instance)
+        self.servers["postfix"] = server
+        self.sampler.watch("postfix", server.pid)
+        return True
+
     def stop_servers(self) -> None:
         for server in reversed(list(self.servers.values())):
-            self.procs.stop(server.proc, term_pid=server.main_pid())
+            if server.postfix is not None:
+                with contextlib.suppress(Exception):
+                    server.postfix.stop()  # `postfix stop`, SIGKILL of its master if that fails
+            elif server.proc is not None:
+                self.procs.stop(server.proc, term_pid=server.main_pid())
+
+    def maildir_count(self, server: Server) -> int:
+        assert server.maildir is not None
+        try:
+            with os.scandir(server.maildir / "new") as it:
+                return sum(1 for _ in it)
+        except FileNotFoundError:
+            return 0
+
+    def wait_maildir(self, server: Server, target: int) -> float:
+        """Poll until Postfix's Maildir holds ``target`` messages; the time it did."""
+        deadline = time.monotonic() + self.args.drain_timeout
+        while self.maildir_count(server) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Postfix delivered {self.maildir_count(server)} of {target} "
+                                   f"after {self.args.drain_timeout}s; see {server.log}")
+            gone = server.exited()
+            if gone:
+                raise RuntimeError(f"Postfix {gone}; see {server.log}")
+            time.sleep(self.args.poll_interval)
+        return time.time()
 
     # -- detox drain / audit -------------------------------------------------------------------
 
@@ -591,8 +656,9 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"detox spool not empty after {self.args.drain_timeout}s "
                                    f"({self.spool_busy(server.spool)} files); see {server.log}")
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"detox exited ({server.proc.returncode}); see {server.log}")
+            gone = server.exited()
+            if gone:
+                raise RuntimeError(f"detox {gone}; see {server.log}")
             time.sleep(self.args.poll_interval)
         return time.time()
 
@@ -654,17 +720,25 @@ class Bench:
     def measure(self, load: str, config: str, n: int, rnd: int) -> Run:
         server = self.servers[config]
         run_load = self.load_smtp_source if load == "smtp-source" else self.load_jp
-        sink0 = self.sink_count()
+        in_maildir = server.maildir is not None
+        sink0 = self.maildir_count(server) if in_maildir else self.sink_count()
         self.sampler.reset(config)
         main = server.main_pid()
         cpu0, own0 = tree_cpu_seconds(server.pid, main)
         start, end, errors, client_cpu = run_load(server.port, n)
-        delivered_end = self.wait_drained(server) if server.spool is not None else None
+        delivered_end = None
+        if server.spool is not None:
+            delivered_end = self.wait_drained(server)
+        elif in_maildir:
+            delivered_end = self.wait_maildir(server, sink0 + n)
         cpu1, own1 = tree_cpu_seconds(server.pid, main)
         rss, pss = self.sampler.peak(config)
+        received = (self.maildir_count(server) if in_maildir else self.sink_count()) - sink0
         run = Run(load, config, rnd, n, end - start, cpu1 - cpu0, own1 - own0, rss, pss,
                   delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
-                  sink_received=self.sink_count() - sink0, client_errors=errors, client_cpu_s=client_cpu)
+                  sink_received=received, client_errors=errors, client_cpu_s=client_cpu)
+        if in_maildir:  # outside the window: keep the directory small for the next run
+            server.postfix.clear()
         if server.spool is not None:
             run.audit = self.audit_events(server)
         self.runs.append(run)
@@ -691,6 +765,7 @@ TITLES = {
     "relay": "relay (uvloop, aiosmtplib pool)",
     "detox": "detox",
     "detox-nofsync": "detox, storage.fsync=false",
+    "postfix": "Postfix → Maildir",
 }
 
 
@@ -732,7 +807,10 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 per_round[key] = rates
                 cpu_med[key] = _med(cpu)
                 title = TITLES.get(config, config)
-                if config != "relay":
+                if config == "postfix":
+                    title += {"delivered": ", delivered (all in Maildir)",
+                              "accepted": ", accepted (250 after queue file)"}[kind]
+                elif config != "relay":
                     title += {"delivered": ", delivered (spool empty)",
                               "accepted": ", accepted (250 after spool)"}[kind]
                 first = kind == kinds[0]  # CPU, memory, sink: once per config (same window)
@@ -756,8 +834,8 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if config == "relay":
                 continue
             if not base_rates:
-                out.append("ratio detox/relay: n/a (no relay baseline in this run)")
-                break
+                out.append(f"ratio {config}/relay: n/a (no relay baseline in this run)")
+                continue
             for kind in ("delivered", "accepted"):
                 key = f"{config}:{kind}"
                 if key not in medians:
@@ -771,6 +849,17 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if f"{config}:delivered" in cpu_med:
                 cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["relay:accepted"]
                 out.append(f"ratio {config}/relay CPU ms/msg (medians): {cpu_ratio:.1f}")
+        pf_rates = per_round.get("postfix:delivered")
+        for config in configs:
+            if not config.startswith("detox") or not pf_rates or f"{config}:delivered" not in medians:
+                continue
+            paired = [d / b for d, b in zip(per_round[f"{config}:delivered"], pf_rates, strict=False) if b]
+            ratio = medians[f"{config}:delivered"] / medians["postfix:delivered"]
+            out.append(f"ratio {config}/Postfix→Maildir msg/s, delivered: {ratio:.2f} (of the medians); "
+                       f"paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                       f" -> median {_med(paired):.2f}")
+            cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["postfix:delivered"]
+            out.append(f"ratio {config}/Postfix CPU ms/msg (medians): {cpu_ratio:.1f}")
         client = [1000 * r.client_cpu_s / r.n for r in runs if r.client_cpu_s is not None]
         if client:
             out.append(f"load generator CPU (jp client, median): {_med(client):.2f} ms/msg")
@@ -791,7 +880,8 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
 
 def print_report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace,
                  relay: Path | None, workdir: Path, took: float) -> None:
-    print(f"\n## detox vs bare relay — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
+    versus = "bare relay" + (" and Postfix → Maildir" if "postfix" in configs else "")
+    print(f"\n## detox vs {versus} — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
     print(f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
           f"workers={args.workers or 'default (one per CPU)'}"
@@ -802,7 +892,8 @@ def print_report(bench: Bench, loads: list[str], configs: list[str], args: argpa
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         if tail:
             print(f"relay's own summary (whole run, incl. warm-up): {tail[0]}")
-    print("\nmsg/s: N / (client start -> client end), or -> detox spool empty for 'delivered'. "
+    print("\nmsg/s: N / (client start -> client end), or -> detox spool empty / all N in Postfix's Maildir "
+          "for 'delivered'. "
           "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
           "RSS/PSS: peak of the tree, sampled every 0.25 s. "
           "Noisy 2-vCPU VM: compare only within this run.")
@@ -830,6 +921,7 @@ def bench_main(args: argparse.Namespace) -> int:
         print("NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
               "skipping the baseline, detox's figures only.", flush=True)
     configs = (["relay"] if relay else []) + ["detox"] + (["detox-nofsync"] if args.also_no_fsync else [])
+    with_postfix = not args.no_postfix
     workdir = Path(tempfile.mkdtemp(prefix="detox-bench-", dir=args.tmpdir))
     procs = Processes(workdir)
     bench = Bench(args, procs, workdir)
@@ -842,6 +934,8 @@ def bench_main(args: argparse.Namespace) -> int:
         sink_port = bench.start_sink()
         if relay:
             bench.start_relay(relay, sink_port)
+        if with_postfix and bench.start_postfix():
+            configs.append("postfix")
         for name in configs:
             if name.startswith("detox"):
                 bench.start_detox(name, sink_port, fsync=name == "detox")
@@ -891,7 +985,9 @@ def main() -> int:
     ap.add_argument("--skip", action="append", default=[], choices=["smtp-source", "jp-html"],
                     help="leave out a load (repeatable)")
     ap.add_argument("--relay", help="path to relay.py (default: $DETOX_SHARED/peers or ../shared/peers)")
-    ap.add_argument("--no-relay", action="store_true", help="measure detox only")
+    ap.add_argument("--no-relay", action="store_true", help="no bare relay baseline")
+    ap.add_argument("--no-postfix", action="store_true",
+                    help="no Postfix → Maildir baseline (it needs root and the postfix package)")
     ap.add_argument("--detox", default=str(REPO / ".venv" / "bin" / "detox"), help="the detox executable")
     ap.add_argument("--workers", type=int, help="pipeline.workers for detox (default: the shipped default)")
     ap.add_argument("--also-no-fsync", action="store_true",
