@@ -129,7 +129,12 @@ def _encoded_words(text: str, charset: str) -> str:
 
 _ROWS = [
     ("12月1日（月）", "①住民説明会", "本庁舎 第３会議室", "https://www.city.example.lg.jp/event/1201"),
-    ("12月3日（水）", "②道路工事説明会", "㈱髙﨑建設 現場事務所", "https://www.takasaki-kensetsu.example.jp/"),
+    (
+        "12月3日（水）",
+        "②道路工事説明会",
+        "㈱髙﨑建設 現場事務所",
+        "https://www.takasaki-kensetsu.example.jp/",
+    ),
     ("12月6日（土）", "③防災訓練", "市民広場（雨天時は体育館）", "http://bousai.example.net/login.php?id=1"),
     ("12月10日（水）", "④アンケート締切", "情報政策課 髙橋", "https://forms.example.com/s/AbCdEf"),
     ("12月15日（月）", "⑤見積書提出期限", "契約課（内線1234）", "https://www.city.example.lg.jp/keiyaku/"),
@@ -148,7 +153,7 @@ def _html(rows: int, charset: str) -> str:
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="ja"><head><meta charset="{charset}"><title>【市報】12月の行事予定</title>\n'
-        "<style>body { font-family: \"ＭＳ Ｐゴシック\", sans-serif; } td { padding: 2px; }</style>\n"
+        '<style>body { font-family: "ＭＳ Ｐゴシック", sans-serif; } td { padding: 2px; }</style>\n'
         '<script>document.write("スクリプトは実行されてはいけません");</script>\n'
         "</head><body>\n<!-- コメント：表示されない -->\n"
         "<p>情報政策課 ご担当者様</p>\n<p>いつもお世話になっております。㈱髙﨑商事の髙﨑です。"
@@ -163,11 +168,22 @@ def _html(rows: int, charset: str) -> str:
 
 
 def _plain(rows: int) -> str:
-    lines = ["情報政策課 ご担当者様", "", "いつもお世話になっております。㈱髙﨑商事の髙﨑です。",
-             "12月の行事予定を下表のとおりお知らせいたします。", ""]
+    lines = [
+        "情報政策課 ご担当者様",
+        "",
+        "いつもお世話になっております。㈱髙﨑商事の髙﨑です。",
+        "12月の行事予定を下表のとおりお知らせいたします。",
+        "",
+    ]
     lines += [f"{d} {what} {where} {url}" for d, what, where, url in _table_rows(rows)]
-    lines += ["", "詳細は https://www.city.example.lg.jp/kouhou/ をご覧ください。", "",
-              "以上、よろしくお願いいたします。", "㈱髙﨑商事 営業部 髙﨑 德太郎", "TEL 03-1234-5678"]
+    lines += [
+        "",
+        "詳細は https://www.city.example.lg.jp/kouhou/ をご覧ください。",
+        "",
+        "以上、よろしくお願いいたします。",
+        "㈱髙﨑商事 営業部 髙﨑 德太郎",
+        "TEL 03-1234-5678",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +261,12 @@ def jp_client_main(args: argparse.Namespace) -> int:
             nonlocal sent
             for i in todo:
                 client = aiosmtplib.SMTP(
-                    hostname=HOST, port=args.port, local_hostname="jp-sender.src.test",
-                    start_tls=False, use_tls=False, timeout=60,
+                    hostname=HOST,
+                    port=args.port,
+                    local_hostname="jp-sender.src.test",
+                    start_tls=False,
+                    use_tls=False,
+                    timeout=60,
                 )
                 try:
                     await client.connect()
@@ -262,8 +282,14 @@ def jp_client_main(args: argparse.Namespace) -> int:
         await asyncio.gather(*(session() for _ in range(args.sessions)))
         end = time.time()
         cpu = os.times()
-        return {"sent": sent, "errors": errors, "start": start, "end": end,
-                "client_cpu_s": cpu.user + cpu.system, "sizes": [len(t) for t in templates]}
+        return {
+            "sent": sent,
+            "errors": errors,
+            "start": start,
+            "end": end,
+            "client_cpu_s": cpu.user + cpu.system,
+            "sizes": [len(t) for t in templates],
+        }
 
     print(json.dumps(uvloop.run(run())), flush=True)
     return 0
@@ -391,8 +417,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening; see {log}:\n"
-                               + log.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"{what} exited with {proc.returncode} before listening; see {log}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             if s.connect_ex((HOST, port)) == 0:
@@ -445,12 +473,14 @@ class Processes:
     def popen(self, name: str, cmd: list[str], log: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
         # own session: a Ctrl-C in the terminal reaches only this script, which then stops the rest
         if log is None:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True, **kw)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw
+            )
         else:
             with open(log, "wb") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, **kw)
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw
+                )
         self.started.append((name, proc))
         return proc
 
@@ -553,8 +583,18 @@ class Bench:
     def start_relay(self, relay: Path, sink_port: int) -> None:
         port = free_port()
         log = self.workdir / "relay.log"
-        cmd = [sys.executable, str(relay), "--loop", "uvloop", "--client", "aiosmtplib-pool",
-               "--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{sink_port}"]
+        cmd = [
+            sys.executable,
+            str(relay),
+            "--loop",
+            "uvloop",
+            "--client",
+            "aiosmtplib-pool",
+            "--listen",
+            f"{HOST}:{port}",
+            "--upstream",
+            f"{HOST}:{sink_port}",
+        ]
         proc = self.procs.popen("relay", self.wrap(cmd), log, cwd=str(relay.parent))
         wait_port(port, proc, 30, "relay.py", log)
         self.servers["relay"] = Server("relay", proc, log, port)
@@ -579,8 +619,16 @@ class Bench:
             encoding="utf-8",
         )
         log = self.workdir / f"{name}.log"
-        cmd = [str(self.args.detox), "serve", "--config", str(config), "--listen", f"{HOST}:{port}",
-               "--deliver-to", f"smtp://{HOST}:{sink_port}"]
+        cmd = [
+            str(self.args.detox),
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"{HOST}:{port}",
+            "--deliver-to",
+            f"smtp://{HOST}:{sink_port}",
+        ]
         proc = self.procs.popen(name, self.wrap(cmd), log, cwd=str(self.workdir))
         wait_port(port, proc, 60, "detox serve", log)
         self.servers[name] = Server(name, proc, log, port, spool=state / "spool")
@@ -605,8 +653,9 @@ class Bench:
         except Exception as exc:
             print(f"NOTE: no Postfix baseline: it did not start ({exc})", flush=True)
             return False
-        server = Server("postfix", None, instance.log_file, instance.port, maildir=instance.maildir(),
-                        postfix=instance)
+        server = Server(
+            "postfix", None, instance.log_file, instance.port, maildir=instance.maildir(), postfix=instance
+        )
         self.servers["postfix"] = server
         self.sampler.watch("postfix", server.pid)
         return True
@@ -632,8 +681,10 @@ class Bench:
         deadline = time.monotonic() + self.args.drain_timeout
         while self.maildir_count(server) < target:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Postfix delivered {self.maildir_count(server)} of {target} "
-                                   f"after {self.args.drain_timeout}s; see {server.log}")
+                raise RuntimeError(
+                    f"Postfix delivered {self.maildir_count(server)} of {target} "
+                    f"after {self.args.drain_timeout}s; see {server.log}"
+                )
             gone = server.exited()
             if gone:
                 raise RuntimeError(f"Postfix {gone}; see {server.log}")
@@ -654,8 +705,10 @@ class Bench:
         deadline = time.monotonic() + self.args.drain_timeout
         while self.spool_busy(server.spool):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"detox spool not empty after {self.args.drain_timeout}s "
-                                   f"({self.spool_busy(server.spool)} files); see {server.log}")
+                raise RuntimeError(
+                    f"detox spool not empty after {self.args.drain_timeout}s "
+                    f"({self.spool_busy(server.spool)} files); see {server.log}"
+                )
             gone = server.exited()
             if gone:
                 raise RuntimeError(f"detox {gone}; see {server.log}")
@@ -687,8 +740,22 @@ class Bench:
 
     def load_smtp_source(self, port: int, n: int) -> tuple[float, float, str, float | None]:
         src = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-        cmd = ["timeout", str(self.args.load_timeout), src, "-s", str(self.args.sessions),
-               "-l", str(self.args.size), "-m", str(n), "-f", MAIL_FROM, "-t", RCPT_TO, f"{HOST}:{port}"]
+        cmd = [
+            "timeout",
+            str(self.args.load_timeout),
+            src,
+            "-s",
+            str(self.args.sessions),
+            "-l",
+            str(self.args.size),
+            "-m",
+            str(n),
+            "-f",
+            MAIL_FROM,
+            "-t",
+            RCPT_TO,
+            f"{HOST}:{port}",
+        ]
         log = self.workdir / "smtp-source.last.log"
         start = time.time()
         proc = self.procs.popen("smtp-source", cmd, log)
@@ -699,9 +766,23 @@ class Bench:
         return start, end, errors, None
 
     def load_jp(self, port: int, n: int) -> tuple[float, float, str, float | None]:
-        cmd = ["timeout", str(self.args.load_timeout), sys.executable, str(Path(__file__).resolve()),
-               "--jp-client", "--port", str(port), "--n", str(n), "--sessions", str(self.args.sessions),
-               "--size", str(self.args.size), "--seq-base", str(self.seq)]
+        cmd = [
+            "timeout",
+            str(self.args.load_timeout),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--jp-client",
+            "--port",
+            str(port),
+            "--n",
+            str(n),
+            "--sessions",
+            str(self.args.sessions),
+            "--size",
+            str(self.args.size),
+            "--seq-base",
+            str(self.seq),
+        ]
         self.seq += n
         log = self.workdir / "jp-client.last.log"
         proc = self.procs.popen("jp-client", cmd, log)
@@ -734,9 +815,21 @@ class Bench:
         cpu1, own1 = tree_cpu_seconds(server.pid, main)
         rss, pss = self.sampler.peak(config)
         received = (self.maildir_count(server) if in_maildir else self.sink_count()) - sink0
-        run = Run(load, config, rnd, n, end - start, cpu1 - cpu0, own1 - own0, rss, pss,
-                  delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
-                  sink_received=received, client_errors=errors, client_cpu_s=client_cpu)
+        run = Run(
+            load,
+            config,
+            rnd,
+            n,
+            end - start,
+            cpu1 - cpu0,
+            own1 - own0,
+            rss,
+            pss,
+            delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
+            sink_received=received,
+            client_errors=errors,
+            client_cpu_s=client_cpu,
+        )
         if in_maildir:  # outside the window: keep the directory small for the next run
             server.postfix.clear()
         if server.spool is not None:
@@ -744,10 +837,13 @@ class Bench:
         self.runs.append(run)
         label = "warm-up" if rnd == 0 else f"round {rnd}"
         extra = f", delivered {run.delivered_rate:7.1f} msg/s" if run.delivered_seconds is not None else ""
-        print(f"  {label:8} {load:11} {config:13} {n:5} msgs: "
-              f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
-              f"CPU {1000 * run.cpu_s / n:5.2f} ms/msg, sink +{run.sink_received}"
-              + (f"  ERRORS: {errors}" if errors else ""), flush=True)
+        print(
+            f"  {label:8} {load:11} {config:13} {n:5} msgs: "
+            f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
+            f"CPU {1000 * run.cpu_s / n:5.2f} ms/msg, sink +{run.sink_received}"
+            + (f"  ERRORS: {errors}" if errors else ""),
+            flush=True,
+        )
         time.sleep(self.args.settle)
         return run
 
@@ -771,8 +867,10 @@ TITLES = {
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return out
 
@@ -780,15 +878,29 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace) -> str:
     out: list[str] = []
     rounds = args.rounds
-    head = ["config", *(f"r{i} msg/s" for i in range(1, rounds + 1)), "median msg/s",
-            "CPU ms/msg (min-max)", "main proc", "peak RSS MB", "peak PSS MB", "sink rcvd", "errors"]
+    head = [
+        "config",
+        *(f"r{i} msg/s" for i in range(1, rounds + 1)),
+        "median msg/s",
+        "CPU ms/msg (min-max)",
+        "main proc",
+        "peak RSS MB",
+        "peak PSS MB",
+        "sink rcvd",
+        "errors",
+    ]
     for load in loads:
         runs = [r for r in bench.runs if r.load == load and r.round > 0]
-        desc = ("smtp-source -s {s} -l {l} -m {n} (ASCII, no MIME)" if load == "smtp-source"
-                else "jp-html: aiosmtplib, {s} sessions, {z} B ISO-2022-JP/UTF-8 multipart/alternative HTML")
+        desc = (
+            "smtp-source -s {s} -l {l} -m {n} (ASCII, no MIME)"
+            if load == "smtp-source"
+            else "jp-html: aiosmtplib, {s} sessions, {z} B ISO-2022-JP/UTF-8 multipart/alternative HTML"
+        )
         sizes = "/".join(str(z) for z in bench.jp_sizes) or f"~{args.size}"
-        out.append(f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages, z=sizes)}; "
-                   f"{args.messages} msgs x {rounds} rounds, 1 msg per connection\n")
+        out.append(
+            f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages, z=sizes)}; "
+            f"{args.messages} msgs x {rounds} rounds, 1 msg per connection\n"
+        )
         rows: list[list[str]] = []
         medians: dict[str, float] = {}
         cpu_med: dict[str, float] = {}
@@ -808,22 +920,30 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 cpu_med[key] = _med(cpu)
                 title = TITLES.get(config, config)
                 if config == "postfix":
-                    title += {"delivered": ", delivered (all in Maildir)",
-                              "accepted": ", accepted (250 after queue file)"}[kind]
+                    title += {
+                        "delivered": ", delivered (all in Maildir)",
+                        "accepted": ", accepted (250 after queue file)",
+                    }[kind]
                 elif config != "relay":
-                    title += {"delivered": ", delivered (spool empty)",
-                              "accepted": ", accepted (250 after spool)"}[kind]
+                    title += {
+                        "delivered": ", delivered (spool empty)",
+                        "accepted": ", accepted (250 after spool)",
+                    }[kind]
                 first = kind == kinds[0]  # CPU, memory, sink: once per config (same window)
                 shown = [f"{x:.1f}" for x in rates] + ["—"] * (rounds - len(rates))  # interrupted run
-                rows.append([
-                    title, *shown, f"{medians[key]:.1f}",
-                    f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if first else "″",
-                    f"{_med(cpu_main):.2f}" if first else "″",
-                    f"{max(r.rss_mb for r in mine):.0f}" if first else "″",
-                    f"{max(r.pss_mb for r in mine):.0f}" if first else "″",
-                    "+".join(str(r.sink_received) for r in mine) if first else "″",
-                    str(sum(1 for r in mine if r.client_errors)) if first else "″",
-                ])
+                rows.append(
+                    [
+                        title,
+                        *shown,
+                        f"{medians[key]:.1f}",
+                        f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if first else "″",
+                        f"{_med(cpu_main):.2f}" if first else "″",
+                        f"{max(r.rss_mb for r in mine):.0f}" if first else "″",
+                        f"{max(r.pss_mb for r in mine):.0f}" if first else "″",
+                        "+".join(str(r.sink_received) for r in mine) if first else "″",
+                        str(sum(1 for r in mine if r.client_errors)) if first else "″",
+                    ]
+                )
         if not rows:
             out.append("(no measured round)")
             continue
@@ -843,9 +963,11 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 pairs = zip(per_round[key], base_rates, strict=False)
                 paired = [d / b for d, b in pairs if b]
                 ratio = medians[key] / medians["relay:accepted"]
-                out.append(f"ratio {config}/relay msg/s, {kind:9}: {ratio:.2f}"
-                           f" (of the medians); paired per round {', '.join(f'{p:.2f}' for p in paired)}"
-                           f" -> median {_med(paired):.2f}")
+                out.append(
+                    f"ratio {config}/relay msg/s, {kind:9}: {ratio:.2f}"
+                    f" (of the medians); paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                    f" -> median {_med(paired):.2f}"
+                )
             if f"{config}:delivered" in cpu_med:
                 cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["relay:accepted"]
                 out.append(f"ratio {config}/relay CPU ms/msg (medians): {cpu_ratio:.1f}")
@@ -855,9 +977,11 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 continue
             paired = [d / b for d, b in zip(per_round[f"{config}:delivered"], pf_rates, strict=False) if b]
             ratio = medians[f"{config}:delivered"] / medians["postfix:delivered"]
-            out.append(f"ratio {config}/Postfix→Maildir msg/s, delivered: {ratio:.2f} (of the medians); "
-                       f"paired per round {', '.join(f'{p:.2f}' for p in paired)}"
-                       f" -> median {_med(paired):.2f}")
+            out.append(
+                f"ratio {config}/Postfix→Maildir msg/s, delivered: {ratio:.2f} (of the medians); "
+                f"paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                f" -> median {_med(paired):.2f}"
+            )
             cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["postfix:delivered"]
             out.append(f"ratio {config}/Postfix CPU ms/msg (medians): {cpu_ratio:.1f}")
         client = [1000 * r.client_cpu_s / r.n for r in runs if r.client_cpu_s is not None]
@@ -878,25 +1002,36 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
 # ================================================================================================
 
 
-def print_report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace,
-                 relay: Path | None, workdir: Path, took: float) -> None:
+def print_report(
+    bench: Bench,
+    loads: list[str],
+    configs: list[str],
+    args: argparse.Namespace,
+    relay: Path | None,
+    workdir: Path,
+    took: float,
+) -> None:
     versus = "bare relay" + (" and Postfix → Maildir" if "postfix" in configs else "")
     print(f"\n## detox vs {versus} — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
-    print(f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
-          f"workers={args.workers or 'default (one per CPU)'}"
-          + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else ""))
+    print(
+        f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
+        f"workers={args.workers or 'default (one per CPU)'}"
+        + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else "")
+    )
     print(report(bench, loads, configs, args))
     log = workdir / "relay.log"
     if relay and log.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         if tail:
             print(f"relay's own summary (whole run, incl. warm-up): {tail[0]}")
-    print("\nmsg/s: N / (client start -> client end), or -> detox spool empty / all N in Postfix's Maildir "
-          "for 'delivered'. "
-          "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
-          "RSS/PSS: peak of the tree, sampled every 0.25 s. "
-          "Noisy 2-vCPU VM: compare only within this run.")
+    print(
+        "\nmsg/s: N / (client start -> client end), or -> detox spool empty / all N in Postfix's Maildir "
+        "for 'delivered'. "
+        "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
+        "RSS/PSS: peak of the tree, sampled every 0.25 s. "
+        "Noisy 2-vCPU VM: compare only within this run."
+    )
 
 
 def locate_relay(args: argparse.Namespace) -> Path | None:
@@ -918,16 +1053,22 @@ def bench_main(args: argparse.Namespace) -> int:
     loads = [x for x in ("smtp-source", "jp-html") if x not in args.skip]
     relay = None if args.no_relay else locate_relay(args)
     if relay is None and not args.no_relay:
-        print("NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
-              "skipping the baseline, detox's figures only.", flush=True)
+        print(
+            "NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
+            "skipping the baseline, detox's figures only.",
+            flush=True,
+        )
     configs = (["relay"] if relay else []) + ["detox"] + (["detox-nofsync"] if args.also_no_fsync else [])
     with_postfix = not args.no_postfix
     workdir = Path(tempfile.mkdtemp(prefix="detox-bench-", dir=args.tmpdir))
     procs = Processes(workdir)
     bench = Bench(args, procs, workdir)
     t_begin = time.monotonic()
-    print(f"detox throughput bench: workdir {workdir}; {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {sys.version.split()[0]}", flush=True)
+    print(
+        f"detox throughput bench: workdir {workdir}; {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {sys.version.split()[0]}",
+        flush=True,
+    )
     ok = False
     try:
         bench.sampler.start()
@@ -939,8 +1080,12 @@ def bench_main(args: argparse.Namespace) -> int:
         for name in configs:
             if name.startswith("detox"):
                 bench.start_detox(name, sink_port, fsync=name == "detox")
-        print("  " + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
-              + f", smtp-sink on :{sink_port}", flush=True)
+        print(
+            "  "
+            + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
+            + f", smtp-sink on :{sink_port}",
+            flush=True,
+        )
         for load in loads:
             for config in configs:
                 bench.measure(load, config, args.warmup, 0)
@@ -982,23 +1127,38 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200, help="warm-up messages per load and server")
     ap.add_argument("--sessions", type=int, default=10, help="concurrent client sessions")
     ap.add_argument("--size", type=int, default=5120, help="message size in bytes (approximate for jp-html)")
-    ap.add_argument("--skip", action="append", default=[], choices=["smtp-source", "jp-html"],
-                    help="leave out a load (repeatable)")
+    ap.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["smtp-source", "jp-html"],
+        help="leave out a load (repeatable)",
+    )
     ap.add_argument("--relay", help="path to relay.py (default: $DETOX_SHARED/peers or ../shared/peers)")
     ap.add_argument("--no-relay", action="store_true", help="no bare relay baseline")
-    ap.add_argument("--no-postfix", action="store_true",
-                    help="no Postfix → Maildir baseline (it needs root and the postfix package)")
+    ap.add_argument(
+        "--no-postfix",
+        action="store_true",
+        help="no Postfix → Maildir baseline (it needs root and the postfix package)",
+    )
     ap.add_argument("--detox", default=str(REPO / ".venv" / "bin" / "detox"), help="the detox executable")
     ap.add_argument("--workers", type=int, help="pipeline.workers for detox (default: the shipped default)")
-    ap.add_argument("--also-no-fsync", action="store_true",
-                    help="also measure a second detox with storage.fsync = false (never in production)")
+    ap.add_argument(
+        "--also-no-fsync",
+        action="store_true",
+        help="also measure a second detox with storage.fsync = false (never in production)",
+    )
     ap.add_argument("--tmpdir", help="where the temporary state_dir goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state_dir)")
     ap.add_argument("--json", help="also write every run as JSON to this file")
     ap.add_argument("--load-timeout", type=int, default=600, help="timeout for one client run, seconds")
     ap.add_argument("--drain-timeout", type=float, default=600, help="max wait for detox's spool to empty")
-    ap.add_argument("--max-runtime", type=int, default=3600,
-                    help="servers are started under timeout(1) with this many seconds")
+    ap.add_argument(
+        "--max-runtime",
+        type=int,
+        default=3600,
+        help="servers are started under timeout(1) with this many seconds",
+    )
     ap.add_argument("--poll-interval", type=float, default=0.02, help="spool polling interval, seconds")
     ap.add_argument("--settle", type=float, default=1.0, help="pause between runs, seconds")
     # internal: the Japanese HTML client subprocess
