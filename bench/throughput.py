@@ -528,13 +528,19 @@ class Run:
     audit: dict[str, int] = field(default_factory=dict)
 
     @property
+    def counted(self) -> int:
+        """Messages the rates count: N, or what reached the sink when the client gave up early (smtp-source
+        stops at the first 4xx, e.g. detox's 451 back-pressure; the errors column says so)."""
+        return self.sink_received if self.client_errors and 0 < self.sink_received < self.n else self.n
+
+    @property
     def accepted_rate(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else 0.0
+        return self.counted / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def delivered_rate(self) -> float:
         end = self.delivered_seconds if self.delivered_seconds is not None else self.seconds
-        return self.n / end if end > 0 else 0.0
+        return self.counted / end if end > 0 else 0.0
 
 
 class Bench:
