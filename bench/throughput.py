@@ -846,7 +846,7 @@ class Bench:
         print(
             f"  {label:8} {load:11} {config:13} {n:5} msgs: "
             f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
-            f"CPU {1000 * run.cpu_s / n:5.2f} ms/msg, sink +{run.sink_received}"
+            f"CPU {1000 * run.cpu_s / run.counted:5.2f} ms/msg, sink +{run.sink_received}"
             + (f"  ERRORS: {errors}" if errors else ""),
             flush=True,
         )
@@ -916,8 +916,8 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if not mine:
                 continue
             kinds = ["accepted"] if config == "relay" else ["delivered", "accepted"]
-            cpu = [1000 * r.cpu_s / r.n for r in mine]
-            cpu_main = [1000 * r.cpu_main_s / r.n for r in mine]
+            cpu = [1000 * r.cpu_s / r.counted for r in mine]
+            cpu_main = [1000 * r.cpu_main_s / r.counted for r in mine]
             for kind in kinds:
                 rates = [r.delivered_rate if kind == "delivered" else r.accepted_rate for r in mine]
                 key = f"{config}:{kind}"
