@@ -58,21 +58,21 @@ class TreeSampler(threading.Thread):
         self.peaks: dict[str, tuple[float, float]] = {}
         self.samples: dict[str, int] = {}
         self.max_procs: dict[str, int] = {}
+        self.at_peak: dict[str, list[tuple[int, str, float, float]]] = {}  # per process at the PSS peak
         self.lock = threading.Lock()
         self.halt = threading.Event()
 
     def watch(self, name: str, pid: int) -> None:
         with self.lock:
             self.roots[name] = pid
-            self.peaks[name] = (0.0, 0.0)
-            self.samples[name] = 0
-            self.max_procs[name] = 0
+        self.window(name)
 
     def window(self, name: str) -> None:
         with self.lock:
             self.peaks[name] = (0.0, 0.0)
             self.samples[name] = 0
             self.max_procs[name] = 0
+            self.at_peak[name] = []
 
     def peak(self, name: str) -> tuple[float, float, int, int]:
         self.sample()
@@ -83,19 +83,54 @@ class TreeSampler(threading.Thread):
     def sample(self) -> None:
         with self.lock:
             roots = dict(self.roots)
-        for name, pid in roots.items():
-            procs = len(throughput.process_tree(pid))
-            rss, pss = throughput.tree_memory(pid)
+        for name, root in roots.items():
+            each = [proc_memory(pid) for pid in throughput.process_tree(root)]
+            rss = sum(e[2] for e in each)
+            pss = sum(e[3] for e in each)
             with self.lock:
                 old = self.peaks[name]
+                if pss > old[1]:
+                    self.at_peak[name] = each
                 self.peaks[name] = (max(old[0], rss), max(old[1], pss))
                 self.samples[name] += 1
-                self.max_procs[name] = max(self.max_procs[name], procs)
+                self.max_procs[name] = max(self.max_procs[name], len(each))
 
     def run(self) -> None:
         while not self.halt.wait(self.interval):
             with contextlib.suppress(Exception):
                 self.sample()
+
+
+def proc_memory(pid: int) -> tuple[int, str, float, float]:
+    """(pid, short command, RSS MB, PSS MB) of one process; zeros when it is gone."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return pid, "?", 0.0, 0.0
+    words = [a.decode(errors="replace").rsplit("/", 1)[-1] for a in argv if a][:4]
+    return pid, " ".join(words)[:60], rss / 1024, pss / 1024
+
+
+def describe_peak(each: list[tuple[int, str, float, float]], main: int) -> str:
+    """RSS/PSS MB of the server process itself and of its other processes at the sample with the peak PSS."""
+    own = [e for e in each if e[0] == main]
+    rest = [e for e in each if e[0] != main and e[2] > 5]  # leaves out the timeout(1) wrapper
+    parts = [f"server process {own[0][2]:.0f}/{own[0][3]:.0f}"] if own else []
+    if rest:
+        parts.append(
+            f"{len(rest)} other process(es) {sum(e[2] for e in rest):.0f}/{sum(e[3] for e in rest):.0f} ["
+            + ", ".join(f"{e[1][:40]}: {e[2]:.0f}/{e[3]:.0f}" for e in rest)
+            + "]"
+        )
+    return "; ".join(parts) + " MB RSS/PSS"
 
 
 def measure(
@@ -111,6 +146,8 @@ def measure(
     drained = h.bench.wait_drained(server) if server.spool is not None else None
     end = drained if drained is not None else time.time()
     rss, pss, samples, procs = sampler.peak(name)
+    with sampler.lock:
+        breakdown = describe_peak(sampler.at_peak.get(name, []), server.main_pid())
     errors = [s.error for s in sent if s.error]
     run = {
         "server": name,
@@ -125,12 +162,13 @@ def measure(
         "seconds": end - start,
         "accepted_s": result["end"] - result["start"],
         "sink_received": h.bench.sink_count() - sink0,
+        "at_peak": breakdown,
     }
     print(
         f"  round {rnd}  {name:6} {args.messages} x {args.size / MB:.1f} MB: peak RSS {rss:7.0f} MB, "
         f"PSS {pss:7.0f} MB ({samples} samples, up to {procs} processes), all 250s after "
         f"{run['accepted_s']:.1f} s, done after {run['seconds']:.1f} s, sink +{run['sink_received']}, "
-        f"errors {len(errors)}",
+        f"errors {len(errors)}\n           at the PSS peak: {breakdown}",
         flush=True,
     )
     return run
@@ -198,6 +236,12 @@ def report(
             f"{(rss - brss) / in_flight:.2f} (RSS) / {(pss - bpss) / in_flight:.2f} (PSS) "
             "× the data in flight"
         )
+        largest = args.size / MB
+        print(
+            f"(c) product.md's wording, 2 × the largest message ({largest:.1f} MB) + the idle base: RSS "
+            f"{2 * largest + brss:.0f} MB, PSS {2 * largest + bpss:.0f} MB -> detox's peak is "
+            f"{rss / (2 * largest + brss):.2f} (RSS) / {pss / (2 * largest + bpss):.2f} (PSS) of it"
+        )
         if "relay" in peaks:
             r_rss, r_pss = peaks["relay"]
             print(
@@ -205,6 +249,8 @@ def report(
                 f"(relay above its idle base: {(r_rss - base['relay'][0]) / in_flight:.2f} "
                 "× the data in flight)"
             )
+    for r in runs:
+        print(f"at the PSS peak, round {r['round']} {r['server']}: {r['at_peak']}")
     print(
         "\nRSS double-counts pages the forked workers share; PSS splits them (the fairer sum). Noisy shared "
         "2-vCPU VM: compare only within this run."
