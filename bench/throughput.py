@@ -7,7 +7,9 @@ What runs (everything on 127.0.0.1, every process started here is stopped by PID
 
 * downstream: Postfix ``smtp-sink`` (counts what it receives, ``-c``);
 * baseline:   ``../shared/peers/relay.py --loop uvloop --client aiosmtplib-pool`` (forwards inside DATA);
-* detox:      ``.venv/bin/detox serve`` with a temporary config and state_dir, delivering to the sink.
+* detox:      ``.venv/bin/detox serve`` with a temporary config and state_dir, delivering to the sink;
+* baseline:   as root, a private Postfix (tests/support/postfix.py) delivering into a Maildir
+  (``--no-postfix`` leaves it out): "delivered" when all N files are in its Maildir.
 
 Two loads, each 10 concurrent sessions and one message per connection:
 
@@ -127,7 +129,12 @@ def _encoded_words(text: str, charset: str) -> str:
 
 _ROWS = [
     ("12月1日（月）", "①住民説明会", "本庁舎 第３会議室", "https://www.city.example.lg.jp/event/1201"),
-    ("12月3日（水）", "②道路工事説明会", "㈱髙﨑建設 現場事務所", "https://www.takasaki-kensetsu.example.jp/"),
+    (
+        "12月3日（水）",
+        "②道路工事説明会",
+        "㈱髙﨑建設 現場事務所",
+        "https://www.takasaki-kensetsu.example.jp/",
+    ),
     ("12月6日（土）", "③防災訓練", "市民広場（雨天時は体育館）", "http://bousai.example.net/login.php?id=1"),
     ("12月10日（水）", "④アンケート締切", "情報政策課 髙橋", "https://forms.example.com/s/AbCdEf"),
     ("12月15日（月）", "⑤見積書提出期限", "契約課（内線1234）", "https://www.city.example.lg.jp/keiyaku/"),
@@ -146,7 +153,7 @@ def _html(rows: int, charset: str) -> str:
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="ja"><head><meta charset="{charset}"><title>【市報】12月の行事予定</title>\n'
-        "<style>body { font-family: \"ＭＳ Ｐゴシック\", sans-serif; } td { padding: 2px; }</style>\n"
+        '<style>body { font-family: "ＭＳ Ｐゴシック", sans-serif; } td { padding: 2px; }</style>\n'
         '<script>document.write("スクリプトは実行されてはいけません");</script>\n'
         "</head><body>\n<!-- コメント：表示されない -->\n"
         "<p>情報政策課 ご担当者様</p>\n<p>いつもお世話になっております。㈱髙﨑商事の髙﨑です。"
@@ -161,11 +168,22 @@ def _html(rows: int, charset: str) -> str:
 
 
 def _plain(rows: int) -> str:
-    lines = ["情報政策課 ご担当者様", "", "いつもお世話になっております。㈱髙﨑商事の髙﨑です。",
-             "12月の行事予定を下表のとおりお知らせいたします。", ""]
+    lines = [
+        "情報政策課 ご担当者様",
+        "",
+        "いつもお世話になっております。㈱髙﨑商事の髙﨑です。",
+        "12月の行事予定を下表のとおりお知らせいたします。",
+        "",
+    ]
     lines += [f"{d} {what} {where} {url}" for d, what, where, url in _table_rows(rows)]
-    lines += ["", "詳細は https://www.city.example.lg.jp/kouhou/ をご覧ください。", "",
-              "以上、よろしくお願いいたします。", "㈱髙﨑商事 営業部 髙﨑 德太郎", "TEL 03-1234-5678"]
+    lines += [
+        "",
+        "詳細は https://www.city.example.lg.jp/kouhou/ をご覧ください。",
+        "",
+        "以上、よろしくお願いいたします。",
+        "㈱髙﨑商事 営業部 髙﨑 德太郎",
+        "TEL 03-1234-5678",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +261,12 @@ def jp_client_main(args: argparse.Namespace) -> int:
             nonlocal sent
             for i in todo:
                 client = aiosmtplib.SMTP(
-                    hostname=HOST, port=args.port, local_hostname="jp-sender.src.test",
-                    start_tls=False, use_tls=False, timeout=60,
+                    hostname=HOST,
+                    port=args.port,
+                    local_hostname="jp-sender.src.test",
+                    start_tls=False,
+                    use_tls=False,
+                    timeout=60,
                 )
                 try:
                     await client.connect()
@@ -260,8 +282,14 @@ def jp_client_main(args: argparse.Namespace) -> int:
         await asyncio.gather(*(session() for _ in range(args.sessions)))
         end = time.time()
         cpu = os.times()
-        return {"sent": sent, "errors": errors, "start": start, "end": end,
-                "client_cpu_s": cpu.user + cpu.system, "sizes": [len(t) for t in templates]}
+        return {
+            "sent": sent,
+            "errors": errors,
+            "start": start,
+            "end": end,
+            "client_cpu_s": cpu.user + cpu.system,
+            "sizes": [len(t) for t in templates],
+        }
 
     print(json.dumps(uvloop.run(run())), flush=True)
     return 0
@@ -389,8 +417,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening; see {log}:\n"
-                               + log.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"{what} exited with {proc.returncode} before listening; see {log}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             if s.connect_ex((HOST, port)) == 0:
@@ -402,22 +432,35 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: st
 @dataclass
 class Server:
     name: str
-    proc: subprocess.Popen[bytes]  # the `timeout` wrapper
+    proc: subprocess.Popen[bytes] | None  # the `timeout` wrapper; None for Postfix (its own daemon)
     log: Path
     port: int
     spool: Path | None = None  # detox: <state_dir>/spool
+    maildir: Path | None = None  # Postfix: where it delivers (new/ is counted)
+    postfix: Any = None  # Postfix: the tests' PostfixInstance (started and stopped by its own commands)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """Root of the process tree that is measured (Postfix: its master)."""
+        if self.proc is not None:
+            return self.proc.pid
+        return int(self.postfix.master_pid() or 0) if self.postfix is not None else 0
 
     def main_pid(self) -> int:
         """The server itself (the child of `timeout`), which gets our SIGTERM."""
+        if self.proc is None:
+            return self.pid
         for pid in process_tree(self.proc.pid)[1:]:
             f = _stat(pid)
             if f is not None and int(f[1]) == self.proc.pid:
                 return pid
         return self.proc.pid
+
+    def exited(self) -> str | None:
+        """Why the server is gone, or None while it runs."""
+        if self.proc is not None:
+            return None if self.proc.poll() is None else f"exited ({self.proc.returncode})"
+        return None if self.postfix is None or self.postfix.running else "master gone"
 
 
 class Processes:
@@ -430,12 +473,14 @@ class Processes:
     def popen(self, name: str, cmd: list[str], log: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
         # own session: a Ctrl-C in the terminal reaches only this script, which then stops the rest
         if log is None:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True, **kw)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw
+            )
         else:
             with open(log, "wb") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, **kw)
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw
+                )
         self.started.append((name, proc))
         return proc
 
@@ -483,13 +528,19 @@ class Run:
     audit: dict[str, int] = field(default_factory=dict)
 
     @property
+    def counted(self) -> int:
+        """Messages the rates count: N, or what reached the sink when the client gave up early (smtp-source
+        stops at the first 4xx, e.g. detox's 451 back-pressure; the errors column says so)."""
+        return self.sink_received if self.client_errors and 0 < self.sink_received < self.n else self.n
+
+    @property
     def accepted_rate(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else 0.0
+        return self.counted / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def delivered_rate(self) -> float:
         end = self.delivered_seconds if self.delivered_seconds is not None else self.seconds
-        return self.n / end if end > 0 else 0.0
+        return self.counted / end if end > 0 else 0.0
 
 
 class Bench:
@@ -538,8 +589,18 @@ class Bench:
     def start_relay(self, relay: Path, sink_port: int) -> None:
         port = free_port()
         log = self.workdir / "relay.log"
-        cmd = [sys.executable, str(relay), "--loop", "uvloop", "--client", "aiosmtplib-pool",
-               "--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{sink_port}"]
+        cmd = [
+            sys.executable,
+            str(relay),
+            "--loop",
+            "uvloop",
+            "--client",
+            "aiosmtplib-pool",
+            "--listen",
+            f"{HOST}:{port}",
+            "--upstream",
+            f"{HOST}:{sink_port}",
+        ]
         proc = self.procs.popen("relay", self.wrap(cmd), log, cwd=str(relay.parent))
         wait_port(port, proc, 30, "relay.py", log)
         self.servers["relay"] = Server("relay", proc, log, port)
@@ -564,16 +625,77 @@ class Bench:
             encoding="utf-8",
         )
         log = self.workdir / f"{name}.log"
-        cmd = [str(self.args.detox), "serve", "--config", str(config), "--listen", f"{HOST}:{port}",
-               "--deliver-to", f"smtp://{HOST}:{sink_port}"]
+        cmd = [
+            str(self.args.detox),
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"{HOST}:{port}",
+            "--deliver-to",
+            f"smtp://{HOST}:{sink_port}",
+        ]
         proc = self.procs.popen(name, self.wrap(cmd), log, cwd=str(self.workdir))
         wait_port(port, proc, 60, "detox serve", log)
         self.servers[name] = Server(name, proc, log, port, spool=state / "spool")
         self.sampler.watch(name, proc.pid)
 
+    def start_postfix(self) -> bool:
+        """A private Postfix (the test suite's tests/support/postfix.py: root only) delivering every
+        city.example.lg.jp recipient into one Maildir. False, with a note, when it can't run here."""
+        sys.path.insert(0, str(REPO / "tests"))
+        try:
+            from support.postfix import PostfixInstance, unavailable_reason
+        except ImportError as exc:
+            print(f"NOTE: no Postfix baseline: tests/support/postfix.py not importable ({exc})", flush=True)
+            return False
+        reason = unavailable_reason()
+        if reason is not None:
+            print(f"NOTE: no Postfix baseline: {reason}", flush=True)
+            return False
+        instance = PostfixInstance(port=free_port())
+        try:
+            instance.start()
+        except Exception as exc:
+            print(f"NOTE: no Postfix baseline: it did not start ({exc})", flush=True)
+            return False
+        server = Server(
+            "postfix", None, instance.log_file, instance.port, maildir=instance.maildir(), postfix=instance
+        )
+        self.servers["postfix"] = server
+        self.sampler.watch("postfix", server.pid)
+        return True
+
     def stop_servers(self) -> None:
         for server in reversed(list(self.servers.values())):
-            self.procs.stop(server.proc, term_pid=server.main_pid())
+            if server.postfix is not None:
+                with contextlib.suppress(Exception):
+                    server.postfix.stop()  # `postfix stop`, SIGKILL of its master if that fails
+            elif server.proc is not None:
+                self.procs.stop(server.proc, term_pid=server.main_pid())
+
+    def maildir_count(self, server: Server) -> int:
+        assert server.maildir is not None
+        try:
+            with os.scandir(server.maildir / "new") as it:
+                return sum(1 for _ in it)
+        except FileNotFoundError:
+            return 0
+
+    def wait_maildir(self, server: Server, target: int) -> float:
+        """Poll until Postfix's Maildir holds ``target`` messages; the time it did."""
+        deadline = time.monotonic() + self.args.drain_timeout
+        while self.maildir_count(server) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Postfix delivered {self.maildir_count(server)} of {target} "
+                    f"after {self.args.drain_timeout}s; see {server.log}"
+                )
+            gone = server.exited()
+            if gone:
+                raise RuntimeError(f"Postfix {gone}; see {server.log}")
+            time.sleep(self.args.poll_interval)
+        return time.time()
 
     # -- detox drain / audit -------------------------------------------------------------------
 
@@ -589,10 +711,13 @@ class Bench:
         deadline = time.monotonic() + self.args.drain_timeout
         while self.spool_busy(server.spool):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"detox spool not empty after {self.args.drain_timeout}s "
-                                   f"({self.spool_busy(server.spool)} files); see {server.log}")
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"detox exited ({server.proc.returncode}); see {server.log}")
+                raise RuntimeError(
+                    f"detox spool not empty after {self.args.drain_timeout}s "
+                    f"({self.spool_busy(server.spool)} files); see {server.log}"
+                )
+            gone = server.exited()
+            if gone:
+                raise RuntimeError(f"detox {gone}; see {server.log}")
             time.sleep(self.args.poll_interval)
         return time.time()
 
@@ -621,8 +746,22 @@ class Bench:
 
     def load_smtp_source(self, port: int, n: int) -> tuple[float, float, str, float | None]:
         src = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-        cmd = ["timeout", str(self.args.load_timeout), src, "-s", str(self.args.sessions),
-               "-l", str(self.args.size), "-m", str(n), "-f", MAIL_FROM, "-t", RCPT_TO, f"{HOST}:{port}"]
+        cmd = [
+            "timeout",
+            str(self.args.load_timeout),
+            src,
+            "-s",
+            str(self.args.sessions),
+            "-l",
+            str(self.args.size),
+            "-m",
+            str(n),
+            "-f",
+            MAIL_FROM,
+            "-t",
+            RCPT_TO,
+            f"{HOST}:{port}",
+        ]
         log = self.workdir / "smtp-source.last.log"
         start = time.time()
         proc = self.procs.popen("smtp-source", cmd, log)
@@ -633,9 +772,23 @@ class Bench:
         return start, end, errors, None
 
     def load_jp(self, port: int, n: int) -> tuple[float, float, str, float | None]:
-        cmd = ["timeout", str(self.args.load_timeout), sys.executable, str(Path(__file__).resolve()),
-               "--jp-client", "--port", str(port), "--n", str(n), "--sessions", str(self.args.sessions),
-               "--size", str(self.args.size), "--seq-base", str(self.seq)]
+        cmd = [
+            "timeout",
+            str(self.args.load_timeout),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--jp-client",
+            "--port",
+            str(port),
+            "--n",
+            str(n),
+            "--sessions",
+            str(self.args.sessions),
+            "--size",
+            str(self.args.size),
+            "--seq-base",
+            str(self.seq),
+        ]
         self.seq += n
         log = self.workdir / "jp-client.last.log"
         proc = self.procs.popen("jp-client", cmd, log)
@@ -654,26 +807,49 @@ class Bench:
     def measure(self, load: str, config: str, n: int, rnd: int) -> Run:
         server = self.servers[config]
         run_load = self.load_smtp_source if load == "smtp-source" else self.load_jp
-        sink0 = self.sink_count()
+        in_maildir = server.maildir is not None
+        sink0 = self.maildir_count(server) if in_maildir else self.sink_count()
         self.sampler.reset(config)
         main = server.main_pid()
         cpu0, own0 = tree_cpu_seconds(server.pid, main)
         start, end, errors, client_cpu = run_load(server.port, n)
-        delivered_end = self.wait_drained(server) if server.spool is not None else None
+        delivered_end = None
+        if server.spool is not None:
+            delivered_end = self.wait_drained(server)
+        elif in_maildir:
+            delivered_end = self.wait_maildir(server, sink0 + n)
         cpu1, own1 = tree_cpu_seconds(server.pid, main)
         rss, pss = self.sampler.peak(config)
-        run = Run(load, config, rnd, n, end - start, cpu1 - cpu0, own1 - own0, rss, pss,
-                  delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
-                  sink_received=self.sink_count() - sink0, client_errors=errors, client_cpu_s=client_cpu)
+        received = (self.maildir_count(server) if in_maildir else self.sink_count()) - sink0
+        run = Run(
+            load,
+            config,
+            rnd,
+            n,
+            end - start,
+            cpu1 - cpu0,
+            own1 - own0,
+            rss,
+            pss,
+            delivered_seconds=(delivered_end - start) if delivered_end is not None else None,
+            sink_received=received,
+            client_errors=errors,
+            client_cpu_s=client_cpu,
+        )
+        if in_maildir:  # outside the window: keep the directory small for the next run
+            server.postfix.clear()
         if server.spool is not None:
             run.audit = self.audit_events(server)
         self.runs.append(run)
         label = "warm-up" if rnd == 0 else f"round {rnd}"
         extra = f", delivered {run.delivered_rate:7.1f} msg/s" if run.delivered_seconds is not None else ""
-        print(f"  {label:8} {load:11} {config:13} {n:5} msgs: "
-              f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
-              f"CPU {1000 * run.cpu_s / n:5.2f} ms/msg, sink +{run.sink_received}"
-              + (f"  ERRORS: {errors}" if errors else ""), flush=True)
+        print(
+            f"  {label:8} {load:11} {config:13} {n:5} msgs: "
+            f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
+            f"CPU {1000 * run.cpu_s / run.counted:5.2f} ms/msg, sink +{run.sink_received}"
+            + (f"  ERRORS: {errors}" if errors else ""),
+            flush=True,
+        )
         time.sleep(self.args.settle)
         return run
 
@@ -691,13 +867,16 @@ TITLES = {
     "relay": "relay (uvloop, aiosmtplib pool)",
     "detox": "detox",
     "detox-nofsync": "detox, storage.fsync=false",
+    "postfix": "Postfix → Maildir",
 }
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return out
 
@@ -705,15 +884,29 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace) -> str:
     out: list[str] = []
     rounds = args.rounds
-    head = ["config", *(f"r{i} msg/s" for i in range(1, rounds + 1)), "median msg/s",
-            "CPU ms/msg (min-max)", "main proc", "peak RSS MB", "peak PSS MB", "sink rcvd", "errors"]
+    head = [
+        "config",
+        *(f"r{i} msg/s" for i in range(1, rounds + 1)),
+        "median msg/s",
+        "CPU ms/msg (min-max)",
+        "main proc",
+        "peak RSS MB",
+        "peak PSS MB",
+        "sink rcvd",
+        "errors",
+    ]
     for load in loads:
         runs = [r for r in bench.runs if r.load == load and r.round > 0]
-        desc = ("smtp-source -s {s} -l {l} -m {n} (ASCII, no MIME)" if load == "smtp-source"
-                else "jp-html: aiosmtplib, {s} sessions, {z} B ISO-2022-JP/UTF-8 multipart/alternative HTML")
+        desc = (
+            "smtp-source -s {s} -l {l} -m {n} (ASCII, no MIME)"
+            if load == "smtp-source"
+            else "jp-html: aiosmtplib, {s} sessions, {z} B ISO-2022-JP/UTF-8 multipart/alternative HTML"
+        )
         sizes = "/".join(str(z) for z in bench.jp_sizes) or f"~{args.size}"
-        out.append(f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages, z=sizes)}; "
-                   f"{args.messages} msgs x {rounds} rounds, 1 msg per connection\n")
+        out.append(
+            f"\n### load: {desc.format(s=args.sessions, l=args.size, n=args.messages, z=sizes)}; "
+            f"{args.messages} msgs x {rounds} rounds, 1 msg per connection\n"
+        )
         rows: list[list[str]] = []
         medians: dict[str, float] = {}
         cpu_med: dict[str, float] = {}
@@ -723,8 +916,8 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if not mine:
                 continue
             kinds = ["accepted"] if config == "relay" else ["delivered", "accepted"]
-            cpu = [1000 * r.cpu_s / r.n for r in mine]
-            cpu_main = [1000 * r.cpu_main_s / r.n for r in mine]
+            cpu = [1000 * r.cpu_s / r.counted for r in mine]
+            cpu_main = [1000 * r.cpu_main_s / r.counted for r in mine]
             for kind in kinds:
                 rates = [r.delivered_rate if kind == "delivered" else r.accepted_rate for r in mine]
                 key = f"{config}:{kind}"
@@ -732,20 +925,31 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 per_round[key] = rates
                 cpu_med[key] = _med(cpu)
                 title = TITLES.get(config, config)
-                if config != "relay":
-                    title += {"delivered": ", delivered (spool empty)",
-                              "accepted": ", accepted (250 after spool)"}[kind]
+                if config == "postfix":
+                    title += {
+                        "delivered": ", delivered (all in Maildir)",
+                        "accepted": ", accepted (250 after queue file)",
+                    }[kind]
+                elif config != "relay":
+                    title += {
+                        "delivered": ", delivered (spool empty)",
+                        "accepted": ", accepted (250 after spool)",
+                    }[kind]
                 first = kind == kinds[0]  # CPU, memory, sink: once per config (same window)
                 shown = [f"{x:.1f}" for x in rates] + ["—"] * (rounds - len(rates))  # interrupted run
-                rows.append([
-                    title, *shown, f"{medians[key]:.1f}",
-                    f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if first else "″",
-                    f"{_med(cpu_main):.2f}" if first else "″",
-                    f"{max(r.rss_mb for r in mine):.0f}" if first else "″",
-                    f"{max(r.pss_mb for r in mine):.0f}" if first else "″",
-                    "+".join(str(r.sink_received) for r in mine) if first else "″",
-                    str(sum(1 for r in mine if r.client_errors)) if first else "″",
-                ])
+                rows.append(
+                    [
+                        title,
+                        *shown,
+                        f"{medians[key]:.1f}",
+                        f"{cpu_med[key]:.2f} ({min(cpu):.2f}-{max(cpu):.2f})" if first else "″",
+                        f"{_med(cpu_main):.2f}" if first else "″",
+                        f"{max(r.rss_mb for r in mine):.0f}" if first else "″",
+                        f"{max(r.pss_mb for r in mine):.0f}" if first else "″",
+                        "+".join(str(r.sink_received) for r in mine) if first else "″",
+                        str(sum(1 for r in mine if r.client_errors)) if first else "″",
+                    ]
+                )
         if not rows:
             out.append("(no measured round)")
             continue
@@ -756,8 +960,8 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if config == "relay":
                 continue
             if not base_rates:
-                out.append("ratio detox/relay: n/a (no relay baseline in this run)")
-                break
+                out.append(f"ratio {config}/relay: n/a (no relay baseline in this run)")
+                continue
             for kind in ("delivered", "accepted"):
                 key = f"{config}:{kind}"
                 if key not in medians:
@@ -765,12 +969,27 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
                 pairs = zip(per_round[key], base_rates, strict=False)
                 paired = [d / b for d, b in pairs if b]
                 ratio = medians[key] / medians["relay:accepted"]
-                out.append(f"ratio {config}/relay msg/s, {kind:9}: {ratio:.2f}"
-                           f" (of the medians); paired per round {', '.join(f'{p:.2f}' for p in paired)}"
-                           f" -> median {_med(paired):.2f}")
+                out.append(
+                    f"ratio {config}/relay msg/s, {kind:9}: {ratio:.2f}"
+                    f" (of the medians); paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                    f" -> median {_med(paired):.2f}"
+                )
             if f"{config}:delivered" in cpu_med:
                 cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["relay:accepted"]
                 out.append(f"ratio {config}/relay CPU ms/msg (medians): {cpu_ratio:.1f}")
+        pf_rates = per_round.get("postfix:delivered")
+        for config in configs:
+            if not config.startswith("detox") or not pf_rates or f"{config}:delivered" not in medians:
+                continue
+            paired = [d / b for d, b in zip(per_round[f"{config}:delivered"], pf_rates, strict=False) if b]
+            ratio = medians[f"{config}:delivered"] / medians["postfix:delivered"]
+            out.append(
+                f"ratio {config}/Postfix→Maildir msg/s, delivered: {ratio:.2f} (of the medians); "
+                f"paired per round {', '.join(f'{p:.2f}' for p in paired)}"
+                f" -> median {_med(paired):.2f}"
+            )
+            cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["postfix:delivered"]
+            out.append(f"ratio {config}/Postfix CPU ms/msg (medians): {cpu_ratio:.1f}")
         client = [1000 * r.client_cpu_s / r.n for r in runs if r.client_cpu_s is not None]
         if client:
             out.append(f"load generator CPU (jp client, median): {_med(client):.2f} ms/msg")
@@ -789,23 +1008,36 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
 # ================================================================================================
 
 
-def print_report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Namespace,
-                 relay: Path | None, workdir: Path, took: float) -> None:
-    print(f"\n## detox vs bare relay — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
+def print_report(
+    bench: Bench,
+    loads: list[str],
+    configs: list[str],
+    args: argparse.Namespace,
+    relay: Path | None,
+    workdir: Path,
+    took: float,
+) -> None:
+    versus = "bare relay" + (" and Postfix → Maildir" if "postfix" in configs else "")
+    print(f"\n## detox vs {versus} — {time.strftime('%Y-%m-%d %H:%M')} ({took:.0f} s)")
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
-    print(f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
-          f"workers={args.workers or 'default (one per CPU)'}"
-          + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else ""))
+    print(
+        f"detox: shipped defaults except state_dir (temporary), delivery.starttls=off, "
+        f"workers={args.workers or 'default (one per CPU)'}"
+        + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else "")
+    )
     print(report(bench, loads, configs, args))
     log = workdir / "relay.log"
     if relay and log.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         if tail:
             print(f"relay's own summary (whole run, incl. warm-up): {tail[0]}")
-    print("\nmsg/s: N / (client start -> client end), or -> detox spool empty for 'delivered'. "
-          "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
-          "RSS/PSS: peak of the tree, sampled every 0.25 s. "
-          "Noisy 2-vCPU VM: compare only within this run.")
+    print(
+        "\nmsg/s: N / (client start -> client end), or -> detox spool empty / all N in Postfix's Maildir "
+        "for 'delivered'. "
+        "CPU: utime+stime of the server's process tree over that window / N (min-max over rounds). "
+        "RSS/PSS: peak of the tree, sampled every 0.25 s. "
+        "Noisy 2-vCPU VM: compare only within this run."
+    )
 
 
 def locate_relay(args: argparse.Namespace) -> Path | None:
@@ -827,26 +1059,39 @@ def bench_main(args: argparse.Namespace) -> int:
     loads = [x for x in ("smtp-source", "jp-html") if x not in args.skip]
     relay = None if args.no_relay else locate_relay(args)
     if relay is None and not args.no_relay:
-        print("NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
-              "skipping the baseline, detox's figures only.", flush=True)
+        print(
+            "NOTE: relay.py not found (looked in $DETOX_SHARED/peers or ../shared/peers; --relay PATH); "
+            "skipping the baseline, detox's figures only.",
+            flush=True,
+        )
     configs = (["relay"] if relay else []) + ["detox"] + (["detox-nofsync"] if args.also_no_fsync else [])
+    with_postfix = not args.no_postfix
     workdir = Path(tempfile.mkdtemp(prefix="detox-bench-", dir=args.tmpdir))
     procs = Processes(workdir)
     bench = Bench(args, procs, workdir)
     t_begin = time.monotonic()
-    print(f"detox throughput bench: workdir {workdir}; {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {sys.version.split()[0]}", flush=True)
+    print(
+        f"detox throughput bench: workdir {workdir}; {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {sys.version.split()[0]}",
+        flush=True,
+    )
     ok = False
     try:
         bench.sampler.start()
         sink_port = bench.start_sink()
         if relay:
             bench.start_relay(relay, sink_port)
+        if with_postfix and bench.start_postfix():
+            configs.append("postfix")
         for name in configs:
             if name.startswith("detox"):
                 bench.start_detox(name, sink_port, fsync=name == "detox")
-        print("  " + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
-              + f", smtp-sink on :{sink_port}", flush=True)
+        print(
+            "  "
+            + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
+            + f", smtp-sink on :{sink_port}",
+            flush=True,
+        )
         for load in loads:
             for config in configs:
                 bench.measure(load, config, args.warmup, 0)
@@ -888,21 +1133,38 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200, help="warm-up messages per load and server")
     ap.add_argument("--sessions", type=int, default=10, help="concurrent client sessions")
     ap.add_argument("--size", type=int, default=5120, help="message size in bytes (approximate for jp-html)")
-    ap.add_argument("--skip", action="append", default=[], choices=["smtp-source", "jp-html"],
-                    help="leave out a load (repeatable)")
+    ap.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["smtp-source", "jp-html"],
+        help="leave out a load (repeatable)",
+    )
     ap.add_argument("--relay", help="path to relay.py (default: $DETOX_SHARED/peers or ../shared/peers)")
-    ap.add_argument("--no-relay", action="store_true", help="measure detox only")
+    ap.add_argument("--no-relay", action="store_true", help="no bare relay baseline")
+    ap.add_argument(
+        "--no-postfix",
+        action="store_true",
+        help="no Postfix → Maildir baseline (it needs root and the postfix package)",
+    )
     ap.add_argument("--detox", default=str(REPO / ".venv" / "bin" / "detox"), help="the detox executable")
     ap.add_argument("--workers", type=int, help="pipeline.workers for detox (default: the shipped default)")
-    ap.add_argument("--also-no-fsync", action="store_true",
-                    help="also measure a second detox with storage.fsync = false (never in production)")
+    ap.add_argument(
+        "--also-no-fsync",
+        action="store_true",
+        help="also measure a second detox with storage.fsync = false (never in production)",
+    )
     ap.add_argument("--tmpdir", help="where the temporary state_dir goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state_dir)")
     ap.add_argument("--json", help="also write every run as JSON to this file")
     ap.add_argument("--load-timeout", type=int, default=600, help="timeout for one client run, seconds")
     ap.add_argument("--drain-timeout", type=float, default=600, help="max wait for detox's spool to empty")
-    ap.add_argument("--max-runtime", type=int, default=3600,
-                    help="servers are started under timeout(1) with this many seconds")
+    ap.add_argument(
+        "--max-runtime",
+        type=int,
+        default=3600,
+        help="servers are started under timeout(1) with this many seconds",
+    )
     ap.add_argument("--poll-interval", type=float, default=0.02, help="spool polling interval, seconds")
     ap.add_argument("--settle", type=float, default=1.0, help="pause between runs, seconds")
     # internal: the Japanese HTML client subprocess
