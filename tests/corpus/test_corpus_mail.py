@@ -26,7 +26,7 @@ import re
 import subprocess
 import sys
 import traceback
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from pathlib import Path
 
 import expected as oracle
@@ -38,6 +38,8 @@ from support.inert import (
     assert_office_clean,
     assert_zip_clean,
 )
+from support.invariants import ALLOWED_TYPES, CONTROL, MAX_LINE, leaves
+from support.invariants import parse_output as parse
 
 from detox.config.loader import load_config
 from detox.config.schema import DetoxConfig
@@ -45,23 +47,8 @@ from detox.envelope import Envelope
 from detox.pipeline.runner import DetoxResult, Pipeline
 
 ENVELOPE = Envelope("019ABCDEF0123456789A", "sender@example.jp", ("taro@city.example.lg.jp",))
-# Disarmed attachments may be PDF (sanitized or rasterized), PNG/JPEG (re-encoded), rebuilt OOXML or a
-# repacked ZIP: each is checked by the independent checks in support.inert.
-ALLOWED_TYPES = {
-    "text/plain",
-    "text/csv",
-    "multipart/mixed",
-    "message/rfc822",
-    "application/pdf",
-    "image/png",
-    "image/jpeg",
-    "application/zip",
-    *OFFICE_OUTPUT_TYPES,
-}
-MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
-# C0 controls other than TAB, LF, FF and CR; DEL; C1 controls. None of them belongs in text that staff
-# read (detox.text.html strips the same set from converted HTML).
-CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+# The allowed output types, line limit and control set are the ones every output check uses
+# (support.invariants: also the property, fuzz and relay tests).
 PER_MAIL_TIMEOUT = 60
 
 # pytest-timeout's default "signal" method arms SIGALRM/ITIMER_REAL, which detox's per-filter deadline
@@ -140,17 +127,6 @@ def run_pipeline(mail, label: str, timings) -> DetoxResult:
     if isinstance(result, str):
         pytest.fail(f"Pipeline.run raised on {mail.rel}:\n{result}", pytrace=False)
     return result
-
-
-def parse(output: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(output, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def leaves(msg: Message) -> list[Message]:
-    """Every non-container part, including those inside attached message/rfc822 parts."""
-    return [p for p in msg.walk() if not p.is_multipart()]
 
 
 def output_texts(output: bytes) -> tuple[str, str]:
