@@ -14,7 +14,7 @@ from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.text.charset import Decoded, decode_body
 from detox.text.enriched import enriched_to_text, richtext_to_text
-from detox.text.html import html_to_text
+from detox.text.html import html_to_text, strip_invisible
 from detox.text.rtf import rtf_to_text
 from detox.text.urls import defang_urls
 
@@ -51,8 +51,6 @@ _BINARY_MAGIC = (
 _TEXT_EXTENSIONS = frozenset({"txt", "text", "csv", "tsv", "log", "md", "dat", "prn"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _CONTROL_BYTES = bytes(b for b in range(0x80) if _CONTROL.match(chr(b)))  # the same, for ASCII text
-# What a re-encoded text attachment must not carry (as the body): C0/C1 controls but TAB, LF, FF, CR.
-_OUTPUT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
 def _looks_textual(part: Part, decoded: Decoded) -> bool:
@@ -182,8 +180,9 @@ class TextAttachmentFilter(Filter):
         decoded = decode_body(part.payload, part.charset_label)
         if not _looks_textual(part, decoded):
             return Verdict(Action.HOLD, reason="not-text")
-        # Up to 2 % control characters pass _looks_textual; like the body's, they are removed.
-        text, control = _OUTPUT_CONTROL.subn("", decoded.text)
+        # Up to 2 % control characters pass _looks_textual; like the body's, they are removed, and so
+        # are zero-width and bidi characters (a U+202E makes the reader see text other than what is there).
+        text, invisible, control = strip_invisible(decoded.text)
         data = text.encode("utf-8")
         is_csv = part.declared_type in ("text/csv", "text/comma-separated-values")
         ctype = "text/csv" if is_csv else "text/plain"
@@ -196,7 +195,7 @@ class TextAttachmentFilter(Filter):
         return Verdict(
             Action.REPLACE,
             output=Output(ctype, data, name, "utf-8"),
-            removed={"control": control} if control else {},
+            removed={k: v for k, v in (("invisible", invisible), ("control", control)) if v},
             notes=("text-reencoded",),
             charset=decoded.charset,
         )

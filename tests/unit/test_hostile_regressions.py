@@ -135,6 +135,22 @@ def test_text_attachment_crosses_without_control_characters() -> None:
     assert record.removed == {"control": 3}
 
 
+def test_text_attachment_crosses_without_bidi_or_zero_width_characters() -> None:
+    text = "支払先：㈱髙橋\u202eXYZ\u200b口座①\r\n"
+    raw = (
+        "From: a@example.jp\r\nTo: b@city.example.lg.jp\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n本文\r\n"
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        'Content-Disposition: attachment; filename="memo.txt"\r\n\r\n' + text + "--b--\r\n"
+    ).encode("utf-8")
+    result = run(raw)
+    [attachment] = list(parse(result.output).iter_attachments())
+    assert attachment.get_content().rstrip("\r\n") == "支払先：㈱髙橋XYZ口座①"
+    [record] = [r for r in result.records if r.filter == "text-attachment"]
+    assert record.removed == {"invisible": 2}
+
+
 # -- 5. control characters in a declared type --------------------------------------------------------------
 
 
