@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -137,6 +137,11 @@ class FilterSettings(Strict):
     timeout_s: PositiveFloat = 30.0
     on_error: OnError = OnError.HOLD
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+# One shared instance for filters without a section: the model is frozen, and building a new one
+# on every lookup cost the pipeline a pydantic validation per part.
+_DEFAULT_FILTER_SETTINGS: Final = FilterSettings()
 
 
 class PipelineConfig(Strict):
@@ -378,7 +383,7 @@ class DetoxConfig(Strict):
     base_dir: str = "."
 
     def filter_settings(self, name: str) -> FilterSettings:
-        return self.filters.get(name, FilterSettings())
+        return self.filters.get(name, _DEFAULT_FILTER_SETTINGS)
 
     def resolve_path(self, value: str) -> Path:
         """Paths in the config are relative to the working directory unless absolute."""

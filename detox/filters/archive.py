@@ -272,15 +272,16 @@ class ArchiveFilter(Filter):
             if segments is None:  # the converter should have refused it; refuse it here then
                 refused.append(_Refused(entry.path, "parent-path", len(entry.data)))
                 continue
+            digest = hashlib.sha256(entry.data)  # the member's SHA-256 and detect_type's cache key
             member = Part(
                 part_id=ids.make(segments),
                 role=Role.ATTACHMENT,
                 declared_type=guess_type(segments[-1]),
-                detected_type=detect_type(entry.data),
+                detected_type=detect_type(entry.data, digest=digest.digest()),
                 charset_label=None,
                 untrusted_filename=segments[-1],
                 payload=entry.data,
-                sha256=hashlib.sha256(entry.data).hexdigest(),
+                sha256=digest.hexdigest(),
                 depth=part.depth + 1,
             )
             if is_os_metadata(segments):

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from detox.converters.image import RSVG_PATH
-from detox.converters.wire import unpack_result
+from detox.converters.wire import MAX_HEADER_BYTES, PREFIX_BYTES, unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
@@ -93,7 +93,7 @@ class ImageFilter(Filter):
             configured,
             timeout_s=sandbox_timeout,
             cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
-            max_output_bytes=options.max_output_bytes + 64 * 1024,
+            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
             max_file_bytes=64 * 1024 * 1024,
             max_open_files=64,
         )

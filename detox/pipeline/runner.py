@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import magic
 
-from detox.config.schema import DetoxConfig, FilterSettings, OnError
+from detox.config.schema import DetoxConfig, OnError
 from detox.envelope import Envelope
 from detox.errors import FilterTimeout, PipelineTempFail, SandboxError
 from detox.filters.base import Filter, FilterContext
@@ -206,18 +206,6 @@ class Pipeline:
             # Fail closed: without a sandbox every converter raises and its part is held.
             log.error("no sandbox for converters (%s); attachments needing one will be held", exc)
             self.sandbox = None
-        self._settings: dict[str, FilterSettings] = {}
-        self._settings_of: DetoxConfig | None = None
-
-    def filter_settings(self, name: str) -> FilterSettings:
-        """``config.filter_settings(name)``, looked up once per filter (the config is frozen; it
-        builds a default FilterSettings model for each filter without a section, on every call)."""
-        if self._settings_of is not self.config:  # a Pipeline given another config (tests do)
-            self._settings, self._settings_of = {}, self.config
-        found = self._settings.get(name)
-        if found is None:
-            found = self._settings[name] = self.config.filter_settings(name)
-        return found
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
         msg = parse_message(raw)
@@ -534,7 +522,7 @@ class _Walk:
             try:
                 claimed = flt.applies_to(part)
             except Exception as exc:  # noqa: BLE001 - whatever a filter raises, the part is held
-                on_error = self.pipeline.filter_settings(flt.name).on_error
+                on_error = self.config.filter_settings(flt.name).on_error
                 return self._on_error(on_error, "filter-error"), flt.name, for_log(repr(exc))
             if claimed:
                 return self._run_filter(flt, part, flt.name)
@@ -543,7 +531,7 @@ class _Walk:
 
     def _run_filter(self, flt: Filter, part: Part, label: str) -> tuple[Verdict, str, str | None]:
         """One filter on one part, its failures mapped to the configured on_error."""
-        settings = self.pipeline.filter_settings(flt.name)
+        settings = self.config.filter_settings(flt.name)
         try:
             if not flt.applies_to(part):  # a policy rule named a filter for a type it cannot read
                 return Verdict(Action.HOLD, reason="unsupported-type"), label, f"{flt.name} does not apply"
@@ -645,15 +633,16 @@ class _Walk:
             ctype = declared_type(node)
         except Exception:  # noqa: BLE001 - hostile headers; the type is unknown
             ctype = "application/octet-stream"
+        digest = hashlib.sha256(data)
         out.records.append(
             PartRecord(
                 part_id=path,
                 role=Role.ATTACHMENT.value,
                 declared_type=ctype,
-                detected_type=detect_type(data),
+                detected_type=detect_type(data, digest=digest.digest()),
                 filename=None,
                 size=len(data),
-                sha256=sha256(data),
+                sha256=digest.hexdigest(),
                 filter="-",
                 action=Action.HOLD.value,
                 reason=reason,

@@ -368,10 +368,9 @@ class _TreeBuilder:
         if text is not None:
             self.stack[-1].contents.append(text)
 
-    def leaf(self, text: str, leaf: _Leaf) -> None:
+    def leaf(self, leaf: _Leaf) -> None:
+        # Comments, PIs and doctypes are dropped (counted by kind); their text is never kept.
         self.flush_text()
-        self.pending.append(text)
-        self.flush()
         self.stack[-1].contents.append(leaf)
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
@@ -413,17 +412,17 @@ class _TreeBuilder:
     def comment(self, text: str) -> None:
         # lxml reports <![CDATA[...]]> and <?...?> in HTML as comments.
         if text.startswith("[CDATA["):
-            self.leaf(text, _CDATA)
+            self.leaf(_CDATA)
         elif text.startswith("?"):
-            self.leaf(text, _PI)
+            self.leaf(_PI)
         else:
-            self.leaf(text, _COMMENT)
+            self.leaf(_COMMENT)
 
     def pi(self, target: str, data: str) -> None:
-        self.leaf(f"{target} {data}", _PI)
+        self.leaf(_PI)
 
     def doctype(self, name: str | None, pubid: str | None, system: str | None) -> None:
-        self.leaf("", _DOCTYPE)
+        self.leaf(_DOCTYPE)
 
     def close(self) -> None:
         return None

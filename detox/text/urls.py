@@ -51,7 +51,8 @@ _DEFANGED_BARE = f"{_NOT_AFTER}(?:[wW]{{3}}[0-9]{{0,3}}|[fF][tT][pP])\\[\\.\\]"
 # part of that URL both times).
 # Every alternative starts with one of these letters: checking it first lets the scan skip all other
 # positions with one test instead of four failed alternatives (4-6x faster on ASCII text).
-_FIRST_LETTERS = "hHfFwW\uff48\uff28\uff46\uff26\uff57\uff37"
+# Derived from the same _letter classes, so a new scheme letter cannot be forgotten here.
+_FIRST_LETTERS = "".join(_letter(c)[1:-1] for c in "hfw")
 _URL_START_RE = re.compile(
     f"(?=[{_FIRST_LETTERS}])"
     f"(?:(?P<defanged>{_DEFANGED})|(?P<defanged_bare>{_DEFANGED_BARE})"
