@@ -55,6 +55,7 @@ from detox.worker import ready as worker_ready
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 3600.0
+STALE_TMP_S = 6 * 3600.0  # spool/tmp files older than this are leftovers of a killed process
 CONTROL_POLL_S = 1.0  # how soon a release, `detox queue retry|flush` or `detox reload` is picked up
 REFUSAL_FLUSH_S = 1.0
 DAY_S = 86400.0
@@ -965,6 +966,12 @@ class Service:
 
     async def _purge_loop(self) -> None:
         while True:
+            try:
+                stale = await asyncio.to_thread(self.spool.remove_stale_tmp, STALE_TMP_S)
+                if stale:
+                    log.info("removed %d stale file(s) from spool/tmp", stale)
+            except OSError:
+                log.exception("cleaning spool/tmp failed")
             try:
                 purged = await asyncio.to_thread(self.store.purge_expired)
                 if purged:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -199,6 +200,10 @@ class IncomingWriter:
         self._digest = hashlib.sha256()
         self._buffer = bytearray()
         self._fh: IO[bytes] | None = None
+        # flush/commit run in a thread while abort may come from the event loop (the client hung
+        # up): one at a time, and nothing is written or committed after an abort.
+        self._io = threading.RLock()
+        self._aborted = False
 
     @property
     def sha256(self) -> str:
@@ -213,6 +218,13 @@ class IncomingWriter:
         return len(self._buffer) >= STREAM_CHUNK
 
     def flush(self) -> None:
+        with self._io:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._aborted:
+            self._buffer.clear()
+            return
         if self.error is None:
             try:
                 if self._fh is None:
@@ -226,7 +238,15 @@ class IncomingWriter:
 
     def commit(self) -> None:
         """Make the message durable and visible in ``incoming/``; raises SpoolError (nothing is left)."""
-        self.flush()
+        with self._io:
+            self._commit()
+
+    def _commit(self) -> None:
+        if self.error is not None:  # a write failed (and aborted the file): say why
+            raise self.error
+        if self._aborted:
+            raise SpoolError(f"{self.target.name}: aborted")
+        self._flush()
         if self.error is None:
             assert self._fh is not None
             try:
@@ -244,13 +264,15 @@ class IncomingWriter:
 
     def abort(self) -> None:
         """Forget the message (client gone, a limit hit, a write failed): nothing stays on disk."""
-        self._buffer.clear()
-        if self._fh is not None:
+        with self._io:
+            self._aborted = True
+            self._buffer.clear()
+            if self._fh is not None:
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+                self._fh = None
             with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-        with contextlib.suppress(OSError):
-            self.tmp.unlink(missing_ok=True)
+                self.tmp.unlink(missing_ok=True)
 
     def _failed(self, exc: OSError) -> None:
         error = SpoolError(f"cannot write {self.target.name}: {exc.strerror or exc}")
@@ -272,6 +294,21 @@ class Spool:
         self._attempt_marks = hasattr(os, "setxattr")  # see _mark_first_attempt
         for d in (self.tmp, self.incoming, self.outgoing, self.failed, self.released, self.control):
             d.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_tmp(self, older_than_s: float) -> int:
+        """Remove what a killed serve or CLI left in ``tmp/`` (half-received messages, temp files).
+
+        Only files older than ``older_than_s``: a CLI writing through ``write_atomic`` right now keeps
+        its temp file. Nothing in ``tmp/`` was ever accepted (a 250 follows the rename out of it).
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     # -- low level ----------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ from detox.spool import IncomingWriter
 
 log = logging.getLogger(__name__)
 
+# End-of-DATA work that outlives a cancelled session (strong references: the loop keeps weak ones).
+_FINISHING: set[asyncio.Task[str]] = set()
+
 READ_LIMIT = 64 * 1024  # the stream reader's line buffer; longer lines are read in pieces
 # A header field line as Python's email parser recognises one (feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
@@ -340,12 +343,20 @@ class DetoxSMTP(SMTP):
             return
         writer = self.detox_handler.begin(self.session, self.envelope)
         self._in_data = True
+        finishing: asyncio.Task[str] | None = None
         try:
             await self.push(replies.DATA_GO_AHEAD)
             limit, bare_lf = await self._receive(writer)
-            reply = await self.detox_handler.finish(writer, limit, bare_lf)
+            # The whole message is here: commit, audit and schedule it even if the session is
+            # cancelled now (a client hanging up right after ".", a stop). Cut halfway, a committed
+            # message would wait in incoming/ unscheduled until the next start.
+            finishing = asyncio.ensure_future(self.detox_handler.finish(writer, limit, bare_lf))
+            _FINISHING.add(finishing)
+            finishing.add_done_callback(_FINISHING.discard)
+            reply = await asyncio.shield(finishing)
         except BaseException:
-            writer.abort()  # the client went away (or we stop): nothing was accepted
+            if finishing is None:
+                writer.abort()  # the client went away (or we stop) during DATA: nothing was accepted
             raise
         finally:
             self._in_data = False

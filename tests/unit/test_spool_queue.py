@@ -273,3 +273,32 @@ def test_damage_and_passing_io_problems_are_told_apart(tmp_path: Path) -> None:
     with pytest.raises(SpoolError) as info:
         spool.read_incoming("DIR")
     assert not isinstance(info.value, SpoolCorrupt)
+
+
+# -- a writer aborted from the event loop while its thread works; leftovers in tmp/ -----------------
+
+
+def test_nothing_is_written_or_committed_after_an_abort(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.open_incoming(ENV)
+    writer.feed(b"Subject: x\r\n\r\n" + b"a" * 300_000)
+    writer.flush()
+    writer.abort()  # the client hung up while a flush was due
+    writer.feed(b"more")
+    writer.flush()  # a flush that ran late must not create the temp file again
+    assert list(spool.tmp.iterdir()) == []
+    with pytest.raises(SpoolError):
+        writer.commit()
+    assert list(spool.incoming.iterdir()) == []
+
+
+def test_stale_tmp_files_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    stale = spool.tmp / "1A2B3C4D5E6F708192A3.msg.dead"
+    fresh = spool.tmp / "state.json.live"
+    stale.write_bytes(b"half a message")
+    fresh.write_bytes(b"being written by a CLI")
+    hours_ago = time.time() - 7 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    assert spool.remove_stale_tmp(6 * 3600) == 1
+    assert not stale.exists() and fresh.exists()
