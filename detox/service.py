@@ -880,8 +880,7 @@ class Service:
             where is None and await asyncio.to_thread(self.spool.has_incoming, queue_id)
         ):
             if where == "incoming":
-                sizes = await asyncio.to_thread(self.spool.incoming_sizes)
-                self.backlog.add(queue_id, sizes.get(queue_id, 0))
+                self.backlog.add(queue_id, await asyncio.to_thread(self.spool.incoming_size, queue_id))
             self._pipeline.now(queue_id)
         elif where == "outgoing" or await asyncio.to_thread(self.spool.has_state, queue_id):
             self._delivery.now(queue_id)
@@ -898,7 +897,7 @@ class Service:
     async def _reload(self, source: str) -> tuple[bool, str]:
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
-            tls = tls_context(new)
+            tls = await asyncio.to_thread(tls_context, new)  # reads the certificate and key files
             deliver_to = (
                 self.deliver_to if self._deliver_to_fixed else parse_deliver_to(new.delivery.deliver_to)
             )
@@ -926,7 +925,7 @@ class Service:
         self._tls = tls
         self.audit.rotate_bytes = new.audit.rotate_bytes
         logging.getLogger().setLevel(new.logging.level)
-        if any(old.model_dump().get(s) != new.model_dump().get(s) for s in PIPELINE_SECTIONS):
+        if any(k.split(".")[0] in PIPELINE_SECTIONS for k in changed if k not in restart):
             # Fresh workers with the new config; jobs under way finish in the old ones.
             for executor in (self._executor, self._solo):
                 if executor is not None:

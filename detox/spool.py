@@ -386,6 +386,13 @@ class Spool:
                         sizes[entry.name[:-4]] = entry.stat().st_size
         return sizes
 
+    def incoming_size(self, queue_id: str) -> int:
+        """Size of one incoming entry (0 if it is gone)."""
+        try:
+            return (self.incoming / f"{queue_id}.msg").stat().st_size
+        except OSError:
+            return 0
+
     def has_incoming(self, queue_id: str) -> bool:
         return (self.incoming / f"{queue_id}.msg").exists()
 
