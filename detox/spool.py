@@ -536,9 +536,11 @@ class Spool:
         return sorted(p.stem for p in self.outgoing.glob("*.json"))
 
     def finish_outgoing(self, queue_id: str) -> None:
+        """Remove a finished entry; not fsync'd: it is done and audited, a power failure before the
+        next journal commit can only bring it back to be delivered again (state first, so a lone
+        message is left rather than a state without its message)."""
         (self.outgoing / f"{queue_id}.json").unlink(missing_ok=True)
         (self.outgoing / f"{queue_id}.eml").unlink(missing_ok=True)
-        self._fsync_dir(self.outgoing)
 
     def queue_message(self, state: DeliveryState, data: bytes) -> None:
         """A new outgoing entry made by serve itself (a DSN): the message first, its state last."""
