@@ -546,9 +546,11 @@ class Service:
     def _handoff(self, queue_id: str, report: dict[str, Any]) -> bytes | None:
         """Index, audit, then release the incoming entry (in that order); the message if small.
 
-        The worker wrote the message and its delivery state already; they become live when the
-        incoming entry goes (fsync'd), so the ``detoxified`` record is on disk before. A crash
-        before that detoxifies the message again (a second ``detoxified`` record, one delivery).
+        The worker wrote the message and its delivery state already (fsync'd); they become live
+        when the incoming entry goes, so the ``detoxified`` record is on disk before. A crash before
+        that detoxifies the message again (a second ``detoxified`` record, one delivery). The
+        removal is not fsync'd: a power failure that undoes it detoxifies and delivers the message
+        again (a duplicate); ``_record_attempt`` makes it durable before it records any progress.
         """
         self.store.index(report, self.config.storage.retention_days)
         self.audit.write(
@@ -671,8 +673,13 @@ class Service:
         audit record (fsync'd) comes first, then the removal. A crash between the two delivers the
         message again (at least once), never loses it.
         """
-        bounce = self._bounce(state, failed, data) if failed else None
         done = not state.pending()
+        if state.kind == KIND_MESSAGE and (not done or failed):
+            # The hand-off's removal of incoming/ID.msg is not fsync'd: make it durable before
+            # progress is recorded, or a power failure could bring the entry back to be detoxified
+            # again, with a fresh state (every recipient pending, another DSN).
+            self.spool.sync_incoming()
+        bounce = self._bounce(state, failed, data) if failed else None
         if not done or failed:
             self.spool.write_state(state)  # failures: which DSN went out must survive a crash
         self._audit_delivery(state, by_status, bounce)

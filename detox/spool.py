@@ -19,11 +19,11 @@ complete or absent. Recovery is a directory listing: ``incoming`` still to detox
 still to deliver.
 
 The worker writes ``outgoing/ID.eml`` and its first ``ID.json`` while ``incoming/ID.msg`` is still
-there; serve then indexes, audits and removes ``incoming/ID.msg`` (fsync'd: the hand-off's commit).
-So an outgoing entry is live only once its incoming entry is gone (``outgoing_ids``): a crash before
-the commit detoxifies the message again, and it is never delivered without its ``detoxified`` record.
-Removals that only finish a delivered entry are not fsync'd: one lost to a power failure makes a
-duplicate delivery (at least once), never a loss.
+there; serve then indexes, audits and removes ``incoming/ID.msg`` (the hand-off's commit). So an
+outgoing entry is live only once its incoming entry is gone (``outgoing_ids``): a crash before the
+commit detoxifies the message again, and it is never delivered without its ``detoxified`` record.
+Removals are not fsync'd: one lost to a power failure makes a duplicate (at least once), never a
+loss; a delivery state that records progress first makes the incoming removal durable.
 """
 
 from __future__ import annotations
@@ -407,9 +407,18 @@ class Spool:
         return (self.incoming / f"{queue_id}.msg").exists()
 
     def finish_incoming(self, queue_id: str) -> None:
-        """Release the incoming entry: the hand-off's commit point, so durable before it returns."""
+        """Release the incoming entry (the hand-off's commit point); not fsync'd.
+
+        Its outgoing entry and ``detoxified`` record are durable already. If a power failure undoes
+        the removal, the entry is back next to its state, which then stays inert (``outgoing_ids``):
+        the message is detoxified and delivered again (a duplicate), never lost nor unaudited.
+        ``sync_incoming`` makes removals durable where progress would otherwise be undone.
+        """
         (self.incoming / f"{queue_id}.msg").unlink(missing_ok=True)
         (self.incoming / f"{queue_id}.tries").unlink(missing_ok=True)
+
+    def sync_incoming(self) -> None:
+        """Make the removals from ``incoming/`` so far durable."""
         self._fsync_dir(self.incoming)
 
     # -- detoxification attempts --------------------------------------------------------------
