@@ -6,7 +6,7 @@ Layout under ``<state_dir>/spool``::
     incoming/ID.msg      accepted, not yet detoxified: a header line, the envelope (JSON), the raw bytes
     incoming/ID.tries    its detoxification attempts (absent until the first one starts)
     outgoing/ID.eml      the detoxified message (CRLF)
-    outgoing/ID.json     its delivery state, per recipient
+    outgoing/ID.json     its delivery state, per recipient (both inert while incoming/ID.msg exists)
     failed/              entries moved aside (unreadable, or failing the pipeline again and again),
                          each with ID.why.json; `detox queue retry ID` puts one back
     released/ID.eml      a release (``detox quarantine release``) written by the CLI; with its
@@ -22,8 +22,9 @@ The worker writes ``outgoing/ID.eml`` and its first ``ID.json`` while ``incoming
 there; serve then indexes, audits and removes ``incoming/ID.msg`` (the hand-off's commit). So an
 outgoing entry is live only once its incoming entry is gone (``outgoing_ids``): a crash before the
 commit detoxifies the message again, and it is never delivered without its ``detoxified`` record.
-Removals are not fsync'd: one lost to a power failure makes a duplicate (at least once), never a
-loss; a delivery state that records progress first makes the incoming removal durable.
+The removals that finish a stage (incoming at the hand-off, outgoing after delivery) are not
+fsync'd: one lost to a power failure makes a duplicate (at least once), never a loss; a delivery
+attempt that records progress first makes the incoming removal durable.
 """
 
 from __future__ import annotations
