@@ -2,8 +2,9 @@
 
 Flow (each arrow is a durable hand-off on disk)::
 
-    SMTP DATA → spool/incoming (fsync, then 250) → worker process: pipeline → spool/outgoing
-              → index + audit → delivery (per recipient, retried with backoff) → done
+    SMTP DATA → spool/incoming (fsync, then 250) → worker process: pipeline → spool/outgoing (inert)
+              → index + audit → incoming released (the commit) → delivery (per recipient, retried
+              with backoff) → done
                                           └→ given up (5xx, or delivery.max_age_days) → DSN → bounce_via
 
 On start every spooled entry is picked up again, so ``kill -9`` loses nothing that was acknowledged.
@@ -25,7 +26,6 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from detox.audit import AuditLog
@@ -142,42 +142,6 @@ class _Bounce:
     recipients: tuple[str, ...]
     dsn_id: str | None  # queued DSN, or None
     blocked: str | None  # why none was sent
-
-
-# Detected types that make a held part count as "executable" whatever rule (or none) held it, so a
-# message carrying one never gets a DSN even with a policy that does not name executables.
-EXECUTABLE_TYPES = frozenset(
-    {
-        "application/x-dosexec",
-        "application/vnd.microsoft.portable-executable",
-        "application/x-executable",
-        "application/x-sharedlib",
-        "application/x-pie-executable",
-        "application/x-mach-binary",
-        "application/x-msi",
-        "application/x-ms-shortcut",
-        "application/java-archive",
-    }
-)
-
-
-def held_reasons(parts: list[dict[str, Any]]) -> set[str]:
-    """Reasons of the held parts (archive members included), for the DSN decision."""
-    reasons = set()
-    for part in parts:
-        if part.get("action") != "hold":
-            continue
-        reasons.add(str(part.get("reason")))
-        if part.get("detected_type") in EXECUTABLE_TYPES:
-            reasons.add("executable")
-    return reasons
-
-
-def _received_at(envelope: dict[str, Any]) -> float:
-    try:
-        return datetime.fromisoformat(str(envelope.get("received_at"))).timestamp()
-    except ValueError:
-        return time.time()
 
 
 def _changed_keys(old: DetoxConfig, new: DetoxConfig) -> list[str]:
@@ -359,9 +323,8 @@ class Service:
         sizes = await asyncio.to_thread(self.spool.incoming_sizes)
         resumed = 0
         for queue_id in sorted(sizes):
-            if await asyncio.to_thread(self.spool.has_state, queue_id):  # crashed after hand-off
-                await asyncio.to_thread(self.spool.finish_incoming, queue_id)
-                continue
+            # (a state next to it is a worker's result not yet handed off: it stays inert, see
+            # Spool.outgoing_ids, and the message is detoxified again)
             self.backlog.add(queue_id, sizes[queue_id])
             tries = await asyncio.to_thread(self.spool.read_tries, queue_id)
             if tries.in_flight:
@@ -439,11 +402,11 @@ class Service:
                 # It may have been the one that broke the pool, or an innocent bystander: one
                 # worker of its own decides, and its failure then is its own.
                 async with self._solo_lock:
-                    report = await self._run_job(queue_id, solo=True)
+                    report, state = await self._run_job(queue_id, solo=True)
             else:
-                report = await self._run_job(queue_id, solo=False)
+                report, state = await self._run_job(queue_id, solo=False)
             handed_off = True  # from here a cancellation leaves the hand-off to finish in its thread
-            state, data = await asyncio.shield(asyncio.to_thread(self._handoff, queue_id, report))
+            data = await asyncio.shield(asyncio.to_thread(self._handoff, queue_id, report))
         except asyncio.CancelledError:
             if not handed_off:
                 with contextlib.suppress(OSError, SpoolError):
@@ -491,7 +454,7 @@ class Service:
             return None
         return self.spool.begin_attempt(queue_id)
 
-    async def _run_job(self, queue_id: str, *, solo: bool) -> dict[str, Any]:
+    async def _run_job(self, queue_id: str, *, solo: bool) -> tuple[dict[str, Any], DeliveryState]:
         loop = asyncio.get_running_loop()
         if solo:
             if self._solo is None:
@@ -513,11 +476,11 @@ class Service:
             self._replace_broken(executor)
             raise _MessageTimeout
         try:
-            report: dict[str, Any] = future.result()
+            result: tuple[dict[str, Any], DeliveryState] = future.result()
         except BrokenProcessPool:
             self._replace_broken(executor)
             raise
-        return report
+        return result
 
     def _replace_broken(self, executor: ProcessPoolExecutor) -> None:
         """Kill a broken or stuck pool; a fresh one takes its place if it was in use."""
@@ -580,8 +543,15 @@ class Service:
             )
         self._pipeline.at(queue_id, when)
 
-    def _handoff(self, queue_id: str, report: dict[str, Any]) -> tuple[DeliveryState, bytes | None]:
-        """Index, audit, create the delivery state, then release the incoming entry (in that order)."""
+    def _handoff(self, queue_id: str, report: dict[str, Any]) -> bytes | None:
+        """Index, audit, then release the incoming entry (in that order); the message if small.
+
+        The worker wrote the message and its delivery state already (fsync'd); they become live
+        when the incoming entry goes, so the ``detoxified`` record is on disk before. A crash before
+        that detoxifies the message again (a second ``detoxified`` record, one delivery). The
+        removal is not fsync'd: a power failure that undoes it detoxifies and delivers the message
+        again (a duplicate); ``_record_attempt`` makes it durable before it records any progress.
+        """
         self.store.index(report, self.config.storage.retention_days)
         self.audit.write(
             "detoxified",
@@ -597,24 +567,13 @@ class Service:
             urls_defanged=report["urls_defanged"],
             output_sha256=report["output_sha256"],
         )
-        env = report["envelope"]
-        held = sorted(held_reasons(report["parts"]))
-        state = DeliveryState(
-            queue_id=queue_id,
-            mail_from=env["mail_from"],
-            recipients={r: RecipientState() for r in env["rcpt_tos"]},
-            received_at=_received_at(env),
-            original_sha256=report["message"]["sha256"],
-            held_reasons=tuple(held),
-        )
-        self.spool.write_state(state)
         self.spool.finish_incoming(queue_id)
         # The message goes to delivery next: read it now, in this thread, while it is in the page
         # cache, so that the first attempt needs no thread hop of its own (large ones are read then).
         data = None
         with contextlib.suppress(SpoolError):
             data = self.spool.read_output_if_small(queue_id, FRESH_MESSAGE_BYTES)
-        return state, data
+        return data
 
     def _backoff(self, attempts: int) -> float:
         return backoff(attempts, self.config.delivery.retry_base_s, self.config.delivery.retry_max_s)
@@ -714,8 +673,13 @@ class Service:
         audit record (fsync'd) comes first, then the removal. A crash between the two delivers the
         message again (at least once), never loses it.
         """
-        bounce = self._bounce(state, failed, data) if failed else None
         done = not state.pending()
+        if state.kind == KIND_MESSAGE and (not done or failed):
+            # The hand-off's removal of incoming/ID.msg is not fsync'd: make it durable before
+            # progress is recorded, or a power failure could bring the entry back to be detoxified
+            # again, with a fresh state (every recipient pending, another DSN).
+            self.spool.sync_incoming()
+        bounce = self._bounce(state, failed, data) if failed else None
         if not done or failed:
             self.spool.write_state(state)  # failures: which DSN went out must survive a crash
         self._audit_delivery(state, by_status, bounce)

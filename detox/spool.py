@@ -6,7 +6,7 @@ Layout under ``<state_dir>/spool``::
     incoming/ID.msg      accepted, not yet detoxified: a header line, the envelope (JSON), the raw bytes
     incoming/ID.tries    its detoxification attempts (absent until the first one starts)
     outgoing/ID.eml      the detoxified message (CRLF)
-    outgoing/ID.json     its delivery state, per recipient
+    outgoing/ID.json     its delivery state, per recipient (both inert while incoming/ID.msg exists)
     failed/              entries moved aside (unreadable, or failing the pipeline again and again),
                          each with ID.why.json; `detox queue retry ID` puts one back
     released/ID.eml      a release (``detox quarantine release``) written by the CLI; with its
@@ -17,6 +17,14 @@ Layout under ``<state_dir>/spool``::
 Every write is temp file → fsync → rename → fsync of the directory, so after a crash a file is either
 complete or absent. Recovery is a directory listing: ``incoming`` still to detoxify, ``outgoing``
 still to deliver.
+
+The worker writes ``outgoing/ID.eml`` and its first ``ID.json`` while ``incoming/ID.msg`` is still
+there; serve then indexes, audits and removes ``incoming/ID.msg`` (the hand-off's commit). So an
+outgoing entry is live only once its incoming entry is gone (``outgoing_ids``): a crash before the
+commit detoxifies the message again, and it is never delivered without its ``detoxified`` record.
+The removals that finish a stage (incoming at the hand-off, outgoing after delivery) are not
+fsync'd: one lost to a power failure makes a duplicate (at least once), never a loss; a delivery
+attempt that records progress first makes the incoming removal durable.
 """
 
 from __future__ import annotations
@@ -321,10 +329,13 @@ class Spool:
         finally:
             os.close(fd)
 
-    def write_atomic(self, target: Path, chunks: Iterable[bytes], *, durable: bool = True) -> None:
+    def write_atomic(
+        self, target: Path, chunks: Iterable[bytes], *, durable: bool = True, sync_dir: bool = True
+    ) -> None:
         """Write ``chunks`` to ``target`` so that a crash leaves either all of it or nothing.
 
         ``durable=False`` skips the fsyncs: the file survives a crash of serve, not of the machine.
+        ``sync_dir=False`` leaves the directory's fsync to the caller (one for several renames).
         """
         tmp = self.tmp / f"{target.name}.{secrets.token_hex(4)}"
         sync = self.fsync and durable
@@ -336,7 +347,7 @@ class Spool:
                 if sync:
                     os.fsync(fh.fileno())
             os.replace(tmp, target)
-            if sync:
+            if sync and sync_dir:
                 self._fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -397,8 +408,18 @@ class Spool:
         return (self.incoming / f"{queue_id}.msg").exists()
 
     def finish_incoming(self, queue_id: str) -> None:
+        """Release the incoming entry (the hand-off's commit point); not fsync'd.
+
+        Its outgoing entry and ``detoxified`` record are durable already. If a power failure undoes
+        the removal, the entry is back next to its state, which then stays inert (``outgoing_ids``):
+        the message is detoxified and delivered again (a duplicate), never lost nor unaudited.
+        ``sync_incoming`` makes removals durable where progress would otherwise be undone.
+        """
         (self.incoming / f"{queue_id}.msg").unlink(missing_ok=True)
         (self.incoming / f"{queue_id}.tries").unlink(missing_ok=True)
+
+    def sync_incoming(self) -> None:
+        """Make the removals from ``incoming/`` so far durable."""
         self._fsync_dir(self.incoming)
 
     # -- detoxification attempts --------------------------------------------------------------
@@ -496,6 +517,19 @@ class Spool:
     def write_output(self, queue_id: str, output: bytes) -> None:
         self.write_atomic(self.outgoing / f"{queue_id}.eml", [output])
 
+    def write_outgoing(self, state: DeliveryState, output: bytes) -> None:
+        """A worker's result: the message, then its first state, one directory fsync for both.
+
+        Inert while ``incoming/ID.msg`` exists (see ``outgoing_ids``); both are durable before the
+        hand-off can remove it, so a state never outlives its message.
+        """
+        self.write_atomic(self.outgoing / f"{state.queue_id}.eml", [output], sync_dir=False)
+        self.write_atomic(self.outgoing / f"{state.queue_id}.json", [state.to_json()], sync_dir=False)
+        try:
+            self._fsync_dir(self.outgoing)
+        except OSError as exc:
+            raise SpoolError(f"cannot sync {state.queue_id}: {exc.strerror or exc}") from exc
+
     def read_output(self, queue_id: str) -> bytes:
         try:
             return (self.outgoing / f"{queue_id}.eml").read_bytes()
@@ -530,15 +564,21 @@ class Spool:
             raise SpoolCorrupt(f"{queue_id}.json: damaged: {exc}") from exc
 
     def has_state(self, queue_id: str) -> bool:
+        """A state file exists (live only without an incoming entry: check ``has_incoming`` first)."""
         return (self.outgoing / f"{queue_id}.json").exists()
 
     def outgoing_ids(self) -> list[str]:
-        return sorted(p.stem for p in self.outgoing.glob("*.json"))
+        """The live outgoing entries: not those a worker wrote for an entry not yet handed off."""
+        return sorted(
+            p.stem for p in self.outgoing.glob("*.json") if not (self.incoming / f"{p.stem}.msg").exists()
+        )
 
     def finish_outgoing(self, queue_id: str) -> None:
+        """Remove a finished entry; not fsync'd: it is done and audited, a power failure before the
+        next journal commit can only bring it back to be delivered again (state first, so a lone
+        message is left rather than a state without its message)."""
         (self.outgoing / f"{queue_id}.json").unlink(missing_ok=True)
         (self.outgoing / f"{queue_id}.eml").unlink(missing_ok=True)
-        self._fsync_dir(self.outgoing)
 
     def queue_message(self, state: DeliveryState, data: bytes) -> None:
         """A new outgoing entry made by serve itself (a DSN): the message first, its state last."""
@@ -621,6 +661,9 @@ class Spool:
         where: str | None = None
         if message.exists():
             (self.failed / f"{queue_id}.tries").unlink(missing_ok=True)
+            # a worker's result never handed off (inert): the message is detoxified again
+            state.unlink(missing_ok=True)
+            output.unlink(missing_ok=True)
             self._clear_attempt_mark(message)
             os.replace(message, self.incoming / message.name)
             self._fsync_dir(self.incoming)

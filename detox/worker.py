@@ -1,20 +1,71 @@
 """The pipeline's worker processes: CPU work off the SMTP event loop, one Pipeline per process.
 
-A worker reads the spooled message itself, keeps the original, writes the detoxified output to
-the spool and returns only the (small) report, so large messages never cross the process pipe.
+A worker reads the spooled message itself, keeps the original, writes the detoxified output and its
+first delivery state to the spool and returns only the (small) report and that state, so large
+messages never cross the process pipe and the hand-off in serve creates no file.
 """
 
 from __future__ import annotations
 
 import ctypes
 import signal
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from detox.config.schema import DetoxConfig
 from detox.pipeline.runner import Pipeline
-from detox.spool import Spool
+from detox.spool import DeliveryState, RecipientState, Spool
 from detox.store import Store
+
+# Detected types that make a held part count as "executable" whatever rule (or none) held it, so a
+# message carrying one never gets a DSN even with a policy that does not name executables.
+EXECUTABLE_TYPES = frozenset(
+    {
+        "application/x-dosexec",
+        "application/vnd.microsoft.portable-executable",
+        "application/x-executable",
+        "application/x-sharedlib",
+        "application/x-pie-executable",
+        "application/x-mach-binary",
+        "application/x-msi",
+        "application/x-ms-shortcut",
+        "application/java-archive",
+    }
+)
+
+
+def held_reasons(parts: list[dict[str, Any]]) -> set[str]:
+    """Reasons of the held parts (archive members included), for the DSN decision."""
+    reasons = set()
+    for part in parts:
+        if part.get("action") != "hold":
+            continue
+        reasons.add(str(part.get("reason")))
+        if part.get("detected_type") in EXECUTABLE_TYPES:
+            reasons.add("executable")
+    return reasons
+
+
+def _received_at(envelope: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(envelope.get("received_at"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def initial_state(queue_id: str, report: dict[str, Any]) -> DeliveryState:
+    """The delivery state of a freshly detoxified message: every recipient pending."""
+    env = report["envelope"]
+    return DeliveryState(
+        queue_id=queue_id,
+        mail_from=env["mail_from"],
+        recipients={r: RecipientState() for r in env["rcpt_tos"]},
+        received_at=_received_at(env),
+        original_sha256=report["message"]["sha256"],
+        held_reasons=tuple(sorted(held_reasons(report["parts"]))),
+    )
 
 
 @dataclass(slots=True)
@@ -54,11 +105,17 @@ def ready() -> bool:
     return _state is not None
 
 
-def detoxify_spooled(queue_id: str) -> dict[str, Any]:
-    """Detoxify one spooled message; return its report. Raises to let the parent retry."""
+def detoxify_spooled(queue_id: str) -> tuple[dict[str, Any], DeliveryState]:
+    """Detoxify one spooled message; return its report and first delivery state. Raises to let the
+    parent retry.
+
+    The output and state are written here but stay inert until serve releases the incoming entry
+    (after the index and the ``detoxified`` audit record): see ``Spool.outgoing_ids``.
+    """
     assert _state is not None, "init_worker was not called"
     envelope, raw = _state.spool.read_incoming(queue_id)
     result = _state.pipeline.run(raw, envelope)
     _state.store.put_original(result.report["message"]["sha256"], raw)
-    _state.spool.write_output(queue_id, result.output)
-    return result.report
+    state = initial_state(queue_id, result.report)
+    _state.spool.write_outgoing(state, result.output)
+    return result.report, state

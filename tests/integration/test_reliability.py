@@ -438,6 +438,35 @@ def test_unreadable_spool_entries_are_moved_aside_with_a_record(tmp_path: Path, 
         proc.stop()
 
 
+def test_a_result_not_handed_off_before_a_crash_is_never_delivered_as_is(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """serve died after the worker wrote outgoing/ID.eml and .json but before the hand-off (index,
+    `detoxified` record, incoming released): the message is detoxified again, never delivered from
+    the unaudited result."""
+    from detox.envelope import Envelope
+    from detox.spool import DeliveryState, RecipientState, Spool, new_queue_id
+
+    spool = Spool(tmp_path / "var" / "spool", fsync=False)
+    env = Envelope(new_queue_id(), SENDER, (TARO,), "192.0.2.1", "mx.vendor.example.com")
+    spool.accept(env, message(subject="再処理", body="正しい本文です。\n"))
+    spool.begin_attempt(env.queue_id)  # the attempt was under way
+    stale = DeliveryState(env.queue_id, SENDER, {TARO: RecipientState()})
+    spool.write_outgoing(stale, b"Subject: STALE\r\n\r\nSTALE-NEVER-AUDITED\r\n")
+    proc = serve(tmp_path, smtp_sink.url)
+    try:
+        wait_records(proc, "delivered", queue_id=env.queue_id)
+        events = [r["event"] for r in records(proc) if r.get("queue_id") == env.queue_id]
+        assert events.index("detoxified") < events.index("delivered")
+        [got] = [m for m in smtp_sink.messages if TARO in m.rcpt_tos]
+        assert b"STALE" not in got.data
+        assert "再処理" in str(parsed(got.data)["Subject"])
+        wait_for("the entry removed", lambda: not spool.has_state(env.queue_id), proc=proc)
+        assert not spool.has_incoming(env.queue_id)  # nothing left to detoxify or deliver again
+    finally:
+        proc.stop()
+
+
 # -- a full disk ------------------------------------------------------------------------------------
 
 

@@ -192,6 +192,32 @@ def test_adopted_release_is_marked_as_such(tmp_path: Path) -> None:
     assert list(spool.released.iterdir()) == []
 
 
+def test_worker_output_is_inert_until_the_incoming_entry_is_released(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=True)
+    spool.accept(ENV, b"Subject: x\r\n\r\nx\r\n")
+    state = DeliveryState(ENV.queue_id, ENV.mail_from, {r: RecipientState() for r in ENV.rcpt_tos})
+    spool.write_outgoing(state, b"Subject: x\r\n\r\nclean\r\n")
+    # not handed off yet (no index row, no `detoxified` record): recovery and the CLI must not see it
+    assert spool.outgoing_ids() == []
+    assert spool.incoming_ids() == [ENV.queue_id]
+    spool.finish_incoming(ENV.queue_id)  # the hand-off's commit
+    assert spool.outgoing_ids() == [ENV.queue_id]
+    assert spool.read_state(ENV.queue_id).pending() == list(ENV.rcpt_tos)
+    assert spool.read_output(ENV.queue_id) == b"Subject: x\r\n\r\nclean\r\n"
+    spool.finish_outgoing(ENV.queue_id)
+    assert list(spool.outgoing.iterdir()) == []
+
+
+def test_an_entry_put_back_from_aside_drops_a_result_never_handed_off(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False)
+    spool.accept(ENV, b"x")
+    spool.write_outgoing(DeliveryState(ENV.queue_id, ENV.mail_from, {"x@c": RecipientState()}), b"old")
+    spool.move_aside(ENV.queue_id, "detoxification failed 5 times")  # all of its files go along
+    assert spool.restore_aside(ENV.queue_id) == "incoming"
+    assert list(spool.failed.iterdir()) == []  # no stale result left behind
+    assert spool.outgoing_ids() == []
+
+
 # -- aside and back ------------------------------------------------------------------------------
 
 
