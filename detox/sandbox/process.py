@@ -203,6 +203,108 @@ def _error_detail(stderr: bytes) -> str:
     return lines[-1][:500] if lines else "(no message on stderr)"
 
 
+def pump(
+    module: str,
+    stdin: IO[bytes],
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+    payload: list[bytes],
+    limits: Limits,
+    deadline: float,
+    *,
+    exit_fd: int | None,
+    ended: Callable[[bool], bool],
+) -> tuple[bytes, bytes]:
+    """Feed ``payload`` to one run's stdin and drain its stdout and stderr in one ``select`` loop.
+
+    Returns (stdout, the tail of stderr) once the run has ended and both are at EOF. ``ended(readable)``
+    says whether the run has ended; it is asked after ``exit_fd`` (a pidfd, the zygote's socket)
+    became readable, or every few milliseconds when there is no such descriptor, and may raise. The
+    streams are closed as they finish; the caller kills what it started when this raises (deadline:
+    SandboxTimeout; output beyond ``limits.max_output_bytes``: SandboxError).
+    """
+    pending = [memoryview(part) for part in payload]
+    out: list[bytes] = []
+    out_size = 0
+    err = bytearray()
+    finished = False
+    with selectors.DefaultSelector() as selector:
+        for stream in (stdin, stdout, stderr):
+            os.set_blocking(stream.fileno(), False)
+        selector.register(stdin, selectors.EVENT_WRITE)
+        selector.register(stdout, selectors.EVENT_READ)
+        selector.register(stderr, selectors.EVENT_READ)
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ)
+        while True:
+            if not finished and exit_fd is None and ended(False):
+                finished = True
+            if finished and stdout.closed and stderr.closed:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxTimeout(
+                    f"converter {module!r} ran past {limits.timeout_s:g} s and was killed "
+                    "with its process group"
+                )
+            wait = remaining if exit_fd is not None or finished else min(remaining, _POLL_S)
+            for key, _ in selector.select(wait):
+                obj = key.fileobj
+                if isinstance(obj, int):  # exit_fd
+                    if ended(True):
+                        selector.unregister(obj)
+                        finished = True
+                elif obj is stdin:
+                    try:
+                        while pending:
+                            written = os.write(stdin.fileno(), pending[0][:_CHUNK])
+                            pending[0] = pending[0][written:]
+                            if not pending[0]:
+                                pending.pop(0)
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        pending.clear()  # the child stopped reading; its exit status says why
+                    selector.unregister(stdin)
+                    stdin.close()
+                elif obj is stdout:
+                    chunk = os.read(stdout.fileno(), _CHUNK)
+                    if not chunk:
+                        selector.unregister(stdout)
+                        stdout.close()
+                        continue
+                    out_size += len(chunk)
+                    if out_size > limits.max_output_bytes:
+                        raise SandboxError(
+                            f"converter {module!r} wrote more than {limits.max_output_bytes} bytes "
+                            "of output and was killed"
+                        )
+                    out.append(chunk)
+                elif obj is stderr:
+                    chunk = os.read(stderr.fileno(), _CHUNK)
+                    if not chunk:
+                        selector.unregister(stderr)
+                        stderr.close()
+                        continue
+                    err += chunk
+                    if len(err) > 2 * _STDERR_KEEP:
+                        del err[:-_STDERR_KEEP]
+    return b"".join(out), bytes(err[-_STDERR_KEEP:])
+
+
+def child_result(
+    module: str, returncode: int, stdout: bytes, stderr_tail: bytes, signal_offset: int | None
+) -> bytes:
+    """The output of a run that ended with ``returncode``, or the SandboxError saying why it failed."""
+    if returncode != 0:
+        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
+        status = describe_status(returncode, signal_offset)
+        raise SandboxError(f"converter {module!r} failed ({status}): {_error_detail(stderr_tail)}")
+    if stderr_tail:
+        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
+    return stdout
+
+
 def run_child(
     launch: Launch,
     module: str,
@@ -233,104 +335,46 @@ def run_child(
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     reaped = False
     pidfd: int | None = None
-    selector = selectors.DefaultSelector()
+    group_killed = False
+
+    def ended(readable: bool) -> bool:
+        nonlocal group_killed
+        if not readable and not has_exited(proc.pid):
+            return False
+        # The child is gone: kill anything it left running in its group (a stray grandchild
+        # holding the pipes open would otherwise keep us waiting until the deadline).
+        if not group_killed:
+            kill_group(proc)
+            group_killed = True
+        return True
+
     try:
         with contextlib.suppress(AttributeError, OSError):
             pidfd = os.pidfd_open(proc.pid)
         _grow_pipe(proc.stdin)
         _grow_pipe(proc.stdout)
-        pending = [memoryview(header), memoryview(data)]
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            os.set_blocking(stream.fileno(), False)
-        selector.register(proc.stdin, selectors.EVENT_WRITE)
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        if pidfd is not None:
-            selector.register(pidfd, selectors.EVENT_READ)
-
-        out: list[bytes] = []
-        out_size = 0
-        err = bytearray()
-        exited = group_killed = False
-        while True:
-            if not exited and pidfd is None and has_exited(proc.pid):
-                exited = True
-            if exited and not group_killed:
-                # The child is gone: kill anything it left running in its group (a stray grandchild
-                # holding the pipes open would otherwise keep us waiting until the deadline).
-                kill_group(proc)
-                group_killed = True
-            if exited and proc.stdout.closed and proc.stderr.closed:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                kill_group(proc)
-                raise SandboxTimeout(
-                    f"converter {module!r} ran past {limits.timeout_s:g} s and was killed "
-                    "with its process group"
-                )
-            wait = remaining if pidfd is not None or exited else min(remaining, _POLL_S)
-            for key, _ in selector.select(wait):
-                obj = key.fileobj
-                if isinstance(obj, int):  # the pidfd
-                    selector.unregister(obj)
-                    exited = True
-                elif obj is proc.stdin:
-                    try:
-                        while pending:
-                            written = os.write(proc.stdin.fileno(), pending[0][:_CHUNK])
-                            pending[0] = pending[0][written:]
-                            if not pending[0]:
-                                pending.pop(0)
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending.clear()  # the child stopped reading; its exit status says why
-                    selector.unregister(proc.stdin)
-                    proc.stdin.close()
-                elif obj is proc.stdout:
-                    chunk = os.read(proc.stdout.fileno(), _CHUNK)
-                    if not chunk:
-                        selector.unregister(proc.stdout)
-                        proc.stdout.close()
-                        continue
-                    out_size += len(chunk)
-                    if out_size > limits.max_output_bytes:
-                        kill_group(proc)
-                        raise SandboxError(
-                            f"converter {module!r} wrote more than {limits.max_output_bytes} bytes "
-                            "of output and was killed"
-                        )
-                    out.append(chunk)
-                elif obj is proc.stderr:
-                    chunk = os.read(proc.stderr.fileno(), _CHUNK)
-                    if not chunk:
-                        selector.unregister(proc.stderr)
-                        proc.stderr.close()
-                        continue
-                    err += chunk
-                    if len(err) > 2 * _STDERR_KEEP:
-                        del err[:-_STDERR_KEEP]
+        out, stderr_tail = pump(
+            module,
+            proc.stdin,
+            proc.stdout,
+            proc.stderr,
+            [header, data],
+            limits,
+            deadline,
+            exit_fd=pidfd,
+            ended=ended,
+        )
         returncode = proc.wait()
         reaped = True
     finally:
         if not reaped:
             kill_group(proc)
             proc.wait()
-        selector.close()
         if pidfd is not None:
             os.close(pidfd)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
-
-    stderr_tail = bytes(err[-_STDERR_KEEP:])
-    if returncode != 0:
-        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
-        status = describe_status(returncode, signal_offset)
-        raise SandboxError(f"converter {module!r} failed ({status}): {_error_detail(stderr_tail)}")
-    if stderr_tail:
-        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
-    return b"".join(out)
+    return child_result(module, returncode, out, stderr_tail, signal_offset)
 
 
 # --- the providers' common base ------------------------------------------------------------------

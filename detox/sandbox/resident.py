@@ -52,8 +52,16 @@ class ResidentProcess:
     """One long-lived process behind pipes; one request at a time (the owner serializes)."""
 
     def __init__(
-        self, name: str, launch: Launch, limits: Limits, *, signal_offset: int | None = None
+        self,
+        name: str,
+        launch: Launch,
+        limits: Limits,
+        *,
+        signal_offset: int | None = None,
+        control: int | None = None,
     ) -> None:
+        """``control``: a socket to be the process's stdin instead of the framed pipes (the zygote);
+        its stdout then goes to /dev/null and :meth:`exchange` is not used."""
         self.name = name
         self.limits = limits
         self.signal_offset = signal_offset
@@ -63,8 +71,8 @@ class ResidentProcess:
         try:
             self.proc = subprocess.Popen(
                 launch.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if control is None else control,
+                stdout=subprocess.PIPE if control is None else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=launch.env,
                 cwd=launch.cwd,
@@ -74,11 +82,13 @@ class ResidentProcess:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"{name}: could not start {launch.argv[0]}: {exc}") from exc
-        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
-        self._stdin: IO[bytes] = self.proc.stdin
-        self._stdout: IO[bytes] = self.proc.stdout
-        os.set_blocking(self._stdin.fileno(), False)
-        os.set_blocking(self._stdout.fileno(), False)
+        assert self.proc.stderr is not None
+        # None with a control socket: no framed pipes then.
+        self._stdin: IO[bytes] | None = self.proc.stdin
+        self._stdout: IO[bytes] | None = self.proc.stdout
+        for stream in (self._stdin, self._stdout):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
         self._drain = threading.Thread(
             target=self._drain_stderr, args=(self.proc.stderr,), name=f"{name}-stderr", daemon=True
         )
@@ -140,12 +150,14 @@ class ResidentProcess:
     def _exchange(
         self, outgoing: bytes, deadline: float, timeout_s: float, max_payload: int, what: str
     ) -> tuple[dict[str, Any], bytes]:
+        assert self._stdin is not None and self._stdout is not None, "no framed pipes (a control socket)"
+        stdin, stdout = self._stdin, self._stdout
         pending = memoryview(outgoing)
         reply = _Reply(max_payload, self.name)
         with selectors.DefaultSelector() as selector:
-            selector.register(self._stdout, selectors.EVENT_READ)
+            selector.register(stdout, selectors.EVENT_READ)
             if pending:
-                selector.register(self._stdin, selectors.EVENT_WRITE)
+                selector.register(stdin, selectors.EVENT_WRITE)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -154,17 +166,17 @@ class ResidentProcess:
                         "killed with its process group"
                     )
                 for key, _ in selector.select(remaining):
-                    if key.fileobj is self._stdin:
+                    if key.fileobj is stdin:
                         try:
                             while pending:
-                                pending = pending[os.write(self._stdin.fileno(), pending[:_CHUNK]) :]
+                                pending = pending[os.write(stdin.fileno(), pending[:_CHUNK]) :]
                         except BlockingIOError:
                             continue
                         except BrokenPipeError:
                             raise self._died(what) from None
-                        selector.unregister(self._stdin)
+                        selector.unregister(stdin)
                         continue
-                    chunk = os.read(self._stdout.fileno(), _CHUNK)
+                    chunk = os.read(stdout.fileno(), _CHUNK)
                     if not chunk:
                         raise self._died(what)
                     done = reply.feed(chunk)
@@ -200,7 +212,8 @@ class ResidentProcess:
         if self._dead:
             return
         with contextlib.suppress(OSError):
-            self._stdin.close()
+            if self._stdin is not None:
+                self._stdin.close()
         deadline = time.monotonic() + grace_s
         while not has_exited(self.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -216,8 +229,9 @@ class ResidentProcess:
 
     def _close_pipes(self) -> None:
         for stream in (self._stdin, self._stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         self._drain.join(timeout=1)
         if self.proc.stderr is not None:
             with contextlib.suppress(OSError):
