@@ -25,15 +25,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from detox.errors import SandboxError, SandboxTimeout
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.child import ERROR_PREFIX, HEADER_BYTES, MAX_ARGS_BYTES, valid_module_name
+
+if TYPE_CHECKING:
+    from detox.sandbox.resident import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +396,12 @@ class ChildProcessSandbox(Sandbox):
     # How the launcher reports "killed by signal N" as an exit code (bwrap: 128 + N), if it does.
     signal_exit_offset: int | None = None
 
-    def __init__(self, *, default_limits: Limits | None = None) -> None:
+    def __init__(self, *, default_limits: Limits | None = None, resident: bool = False) -> None:
+        """``resident``: runs go to a zygote kept in one sandbox (see :mod:`detox.sandbox.zygote`)."""
         self.default_limits = default_limits or Limits()
+        self.resident = resident
+        self._zygote: Zygote | None = None
+        self._zygote_lock = threading.Lock()
 
     def effective_limits(self, limits: Limits) -> Limits:
         cap = self.default_limits
@@ -407,12 +416,53 @@ class ChildProcessSandbox(Sandbox):
             raise SandboxError(f"refused converter name {module!r}: must match [a-z][a-z_]* (64 chars max)")
         header = encode_header(module, args)
         limits = self.effective_limits(limits)
+        # The zygote is started and used from the main thread only: bwrap's --die-with-parent (and the
+        # zygote's own death signal) fire when the *thread* that started it ends. Runs from other
+        # threads, or while the zygote is busy, take the one-shot path, which isolates just as well.
+        if (
+            self.resident
+            and threading.current_thread() is threading.main_thread()
+            and self._zygote_lock.acquire(blocking=False)
+        ):
+            try:
+                return self.zygote().run(module, header, data, limits)
+            finally:
+                self._zygote_lock.release()
         with self.launch(module, limits) as launch:
             return run_child(launch, module, header, data, limits, signal_offset=self.signal_exit_offset)
+
+    def zygote(self) -> Zygote:
+        """This sandbox's resident zygote (created on first use, started on its first run)."""
+        if self._zygote is None:
+            from detox.sandbox.resident import Zygote, zygote_limits
+
+            # The zygote holds this sandbox only weakly, so a sandbox nobody uses any more (a test's,
+            # a reloaded pipeline's) is collected, and its zygote killed with it.
+            launcher = weakref.WeakMethod(self.zygote_launch)
+
+            def launch(limits: Limits) -> contextlib.AbstractContextManager[Launch]:
+                method = launcher()
+                if method is None:
+                    raise SandboxError("the sandbox of this converter zygote is gone")
+                return method(limits)
+
+            zygote = Zygote(launch, zygote_limits(self.default_limits), signal_offset=self.signal_exit_offset)
+            weakref.finalize(self, zygote.stop, kill=True)
+            self._zygote = zygote
+        return self._zygote
+
+    def close(self) -> None:
+        """Stop the resident zygote, if any (the next resident run starts a new one)."""
+        if self._zygote is not None:
+            self._zygote.stop()
 
     @abstractmethod
     def launch(self, module: str, limits: Limits) -> contextlib.AbstractContextManager[Launch]:
         """The command for one run; resources it needs (temp dirs, fds) live as long as the context."""
+
+    @abstractmethod
+    def zygote_launch(self, limits: Limits) -> contextlib.AbstractContextManager[Launch]:
+        """The zygote's command, started like a one-shot child; the context lives as long as it."""
 
 
 class SubprocessSandbox(ChildProcessSandbox):
@@ -425,20 +475,34 @@ class SubprocessSandbox(ChildProcessSandbox):
 
     name = "subprocess"
 
-    def __init__(self, *, allowed: bool = False, default_limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, allowed: bool = False, default_limits: Limits | None = None, resident: bool = False
+    ) -> None:
         if not allowed:
             raise SandboxError(
                 "the subprocess sandbox runs converters of hostile files unsandboxed (no isolation "
                 "from the server's files or network); for development only: set "
                 'sandbox.allow_unsandboxed = true, or use sandbox.provider = "bwrap"'
             )
-        super().__init__(default_limits=default_limits)
+        super().__init__(default_limits=default_limits, resident=resident)
 
     @contextlib.contextmanager
     def launch(self, module: str, limits: Limits) -> Iterator[Launch]:
         with tempfile.TemporaryDirectory(prefix="detox-sandbox-", ignore_cleanup_errors=True) as workdir:
             yield Launch(
                 argv=child_command(python_executable(), module),
+                env=child_env(workdir),
+                cwd=workdir,
+            )
+
+    @contextlib.contextmanager
+    def zygote_launch(self, limits: Limits) -> Iterator[Launch]:
+        from detox.sandbox.resident import zygote_command
+
+        # No PID namespace and the host's /tmp and /dev/shm: the zygote empties only its own directory.
+        with tempfile.TemporaryDirectory(prefix="detox-zygote-", ignore_cleanup_errors=True) as workdir:
+            yield Launch(
+                argv=zygote_command(python_executable(), [workdir]),
                 env=child_env(workdir),
                 cwd=workdir,
             )
