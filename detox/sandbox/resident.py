@@ -511,10 +511,15 @@ class Zygote:
             self.process.abandon()
         if self._ctl is not None:
             self._ctl.close()
+        if self._resources is not None:
+            # Kept, never finalized here: closing it (or collecting the suspended context manager)
+            # would remove the parent's zygote directory from this child.
+            _abandoned.append(self._resources)
         self.process = self._ctl = self._resources = None
 
 
 _zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()
+_abandoned: list[contextlib.ExitStack] = []
 
 
 def stop_zygotes() -> None:

@@ -271,3 +271,15 @@ def test_other_threads_take_the_one_shot_path(resident: ChildProcessSandbox) -> 
     assert resident.zygote().starts == 0
     _, zygote = _self_stat(resident)
     assert parent != zygote
+
+
+def test_a_fork_of_the_worker_leaves_the_zygote_alone(resident: ChildProcessSandbox) -> None:
+    """A forked child (Popen with preexec_fn, a fork-based pool) drops its copy of the zygote without
+    touching the parent's: its directory, its socket, its process."""
+    _echo_is_exact(resident)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # after the at-fork handlers ran in this child
+    os.waitpid(pid, 0)
+    _echo_is_exact(resident)
+    assert resident.zygote().starts == 1
