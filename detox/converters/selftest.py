@@ -27,7 +27,8 @@ Misbehaviour a resident sandbox must contain (:mod:`detox.sandbox.zygote`):
 * ``probe_parent``: try to read the parent's ``/proc/PID/{mem,environ,maps}`` and to ptrace it; JSON
   ``{what: "ok" or errno name}``;
 * ``leave_files``: create ``count`` files in the working directory, ``$HOME/..`` and /dev/shm (when
-  writable); return the input.
+  writable); return the input;
+* ``sysv_shm``: create a System V shared memory segment and leave it; return the input.
 """
 
 from __future__ import annotations
@@ -248,6 +249,16 @@ def _leave_files(data: bytes, args: dict[str, Any]) -> bytes:
     return data
 
 
+def _sysv_shm(data: bytes) -> bytes:
+    import ctypes
+
+    ipc_private, ipc_creat = 0, 0o1000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.shmget(ipc_private, 4096, ipc_creat | 0o600) < 0:
+        raise OSError(ctypes.get_errno(), "shmget")
+    return data
+
+
 def main(data: bytes, args: dict[str, Any]) -> bytes:
     op = args.get("op", "echo")
     if op == "echo":
@@ -293,4 +304,6 @@ def main(data: bytes, args: dict[str, Any]) -> bytes:
         return _probe_parent()
     if op == "leave_files":
         return _leave_files(data, args)
+    if op == "sysv_shm":
+        return _sysv_shm(data)
     raise ValueError(f"unknown op {op!r}")

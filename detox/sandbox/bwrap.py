@@ -256,7 +256,7 @@ class BwrapSandbox(ChildProcessSandbox):
         from detox.sandbox.resident import zygote_command
 
         # Its own PID namespace: any process but the zygote and bwrap's init is a document's leftover.
-        command = zygote_command(self.python, ["--pid-namespace", SANDBOX_HOME, "/dev/shm"])  # noqa: S108
+        command = zygote_command(self.python, ["--own-namespaces", SANDBOX_HOME, "/dev/shm"])  # noqa: S108
         with self.launch_command(command, limits) as launch:
             yield launch
 

@@ -411,12 +411,13 @@ class Zygote:
         except (ValueError, KeyError, TypeError) as exc:
             raise SandboxError(f"converter zygote answered something else than a result: {exc}") from None
         if left:
-            detail = "; ".join(str(x)[:120] for x in left[:5])
+            detail = _printable("; ".join(str(x)[:120] for x in left[:5]))
             raise SandboxError(
                 f"converter {module!r} left {len(left)} process(es) running in the sandbox ({detail}): "
                 "the sandbox was killed"
             )
         if dirty:
+            dirty = _printable(dirty)
             raise SandboxError(
                 f"converter {module!r} left the sandbox unclean ({dirty[:200]}): the sandbox was killed"
             )
@@ -516,6 +517,11 @@ class Zygote:
             # would remove the parent's zygote directory from this child.
             _abandoned.append(self._resources)
         self.process = self._ctl = self._resources = None
+
+
+def _printable(text: str) -> str:
+    """Command lines and file names a document chose, made safe for one line of a report or log."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 _zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()

@@ -1,7 +1,7 @@
 """The resident converter host: runs INSIDE the sandbox, forks one fresh child per document.
 
 Started like the one-shot child (same bubblewrap argv and isolation, same environment and rlimits) as
-``python -I -B -m detox.sandbox.zygote [--pid-namespace] BASE [WIPE...]``, it imports the converters and
+``python -I -B -m detox.sandbox.zygote [--own-namespaces] BASE [WIPE...]``, it imports the converters and
 their libraries once (:data:`PRELOAD`), makes itself non-dumpable and then serves requests on its stdin,
 a Unix SOCK_SEQPACKET socket whose other end the worker holds. It never sees document bytes.
 
@@ -24,9 +24,12 @@ Protocol (one JSON object per message):
 * Socket at EOF: the zygote exits.
 
 Between documents: nothing of a document survives it. Every process it started must be gone (the
-zygote is a child subreaper, so orphans come back to it; with ``--pid-namespace`` every process of the
-namespace besides the zygote and its ancestors counts too); BASE and the WIPE directories (the sandbox's
-private /tmp and /dev/shm) are emptied; System V IPC objects must not exist.
+zygote is a child subreaper, so orphans come back to it; with ``--own-namespaces``, bubblewrap's PID
+and IPC namespaces, every process of the namespace besides the zygote and its ancestors counts too, and
+no System V IPC object may exist); BASE and the WIPE directories (the sandbox's private /tmp and
+/dev/shm) are emptied. Residue the zygote cannot see: POSIX message queues and keys in the user
+keyring a child may create. Nothing of detox uses either, and the worker replaces the sandbox every
+:data:`~detox.sandbox.resident.ZYGOTE_DOCUMENTS` documents.
 
 The zygote trusts its worker (the requests) and nothing else. It enforces no time limit: the worker
 kills the whole sandbox at the deadline.
@@ -127,9 +130,9 @@ def _describe(pid: int) -> str:
     return f"{pid} {cmd}"[:120]
 
 
-def _other_processes(pid_namespace: bool) -> dict[int, int]:
+def _other_processes(own_namespaces: bool) -> dict[int, int]:
     """{pid: ppid} of the live processes besides the zygote and its ancestors: its children (orphans
-    come back to it, a subreaper) and, in a PID namespace of our own, every other process in it."""
+    come back to it, a subreaper) and, in namespaces of our own, every other process in the PID one."""
     me = os.getpid()
     ancestors = {me}
     pid = os.getppid()
@@ -146,7 +149,7 @@ def _other_processes(pid_namespace: bool) -> dict[int, int]:
         fields = _stat_fields(int(entry))
         if fields is None or fields[0] in ("Z", "X"):
             continue
-        if pid_namespace or fields[1] == me:
+        if own_namespaces or fields[1] == me:
             found[int(entry)] = fields[1]
     return found
 
@@ -157,14 +160,14 @@ def _reap() -> None:
             pass
 
 
-def stop_leftovers(pid_namespace: bool) -> list[str]:
+def stop_leftovers(own_namespaces: bool) -> list[str]:
     """Kill whatever the document left running; describe it. Bounded: a process that keeps forking
     faster than this kills is left to the worker, which then kills the whole sandbox."""
     _reap()
     me = os.getpid()
     left: dict[int, str] = {}
     for _ in range(MAX_REAP_ROUNDS):
-        found = _other_processes(pid_namespace)
+        found = _other_processes(own_namespaces)
         if not found:
             return list(left.values())
         for pid in found:
@@ -269,7 +272,7 @@ def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
     ctl.sendall(json.dumps(message, separators=(",", ":")).encode("utf-8"))
 
 
-def serve(ctl: socket.socket, base: str, wipe_dirs: list[str], pid_namespace: bool) -> int:
+def serve(ctl: socket.socket, base: str, wipe_dirs: list[str], own_namespaces: bool) -> int:
     number = 0
     while True:
         try:
@@ -294,9 +297,9 @@ def serve(ctl: socket.socket, base: str, wipe_dirs: list[str], pid_namespace: bo
         for fd in fds:
             os.close(fd)
         _, status = os.waitpid(pid, 0)
-        left = stop_leftovers(pid_namespace)
+        left = stop_leftovers(own_namespaces)
         dirty = None
-        if _sysv_ipc_objects():
+        if own_namespaces and _sysv_ipc_objects():  # elsewhere /proc/sysvipc shows the host's
             dirty = "System V IPC objects left in the sandbox"
         for directory in (base, *wipe_dirs):
             try:
@@ -308,11 +311,11 @@ def serve(ctl: socket.socket, base: str, wipe_dirs: list[str], pid_namespace: bo
 
 
 def main(argv: list[str]) -> int:
-    pid_namespace = bool(argv) and argv[0] == "--pid-namespace"
-    if pid_namespace:
+    own_namespaces = bool(argv) and argv[0] == "--own-namespaces"
+    if own_namespaces:
         argv = argv[1:]
     if not argv:
-        sys.stderr.write("usage: python -m detox.sandbox.zygote [--pid-namespace] BASE [WIPE...]\n")
+        sys.stderr.write("usage: python -m detox.sandbox.zygote [--own-namespaces] BASE [WIPE...]\n")
         return 2
     base, wipe_dirs = argv[0], argv[1:]
     # The control socket moves off fd 0, which then reads nothing.
@@ -330,7 +333,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("detox-zygote: a preloaded module started a thread; refusing to fork\n")
         return 2
     _send(ctl, {"ready": True, "preloaded": loaded})
-    return serve(ctl, base, wipe_dirs, pid_namespace)
+    return serve(ctl, base, wipe_dirs, own_namespaces)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_output_beyond_the_cap_recycles_the_sandbox(resident: ChildProcessSandbo
 
 def test_a_background_process_fails_the_document_and_is_killed(resident: ChildProcessSandbox) -> None:
     marker = f"{400 + random.random():.9f}"
-    with pytest.raises(SandboxError, match=r"left 1 process\(es\) running.*sleep") as info:
+    with pytest.raises(SandboxError, match=r"left 1 process\(es\) running") as info:
         resident.run("selftest", b"x", {"op": "daemon", "marker": marker}, LIMITS)
     assert not isinstance(info.value, SandboxTimeout)
     _wait_for(lambda: not _pids_with_cmdline([b"sleep", marker.encode()]), 10, "the daemon to be killed")
@@ -250,6 +250,23 @@ def test_files_a_document_leaves_are_gone_for_the_next(resident_bwrap: ChildProc
     }
     assert listing["/tmp"] == [listing["/tmp"][0]] and listing["/tmp"][0].startswith("doc-")
     assert listing["/dev/shm"] == [] and listing["."] == []
+
+
+def test_too_many_files_fail_the_document_and_recycle(resident_bwrap: ChildProcessSandbox) -> None:
+    with pytest.raises(SandboxError, match="more than 10000 files left in /"):
+        resident_bwrap.run("selftest", b"", {"op": "leave_files", "count": 10_001}, LIMITS)
+    _echo_is_exact(resident_bwrap)
+    assert resident_bwrap.zygote().starts == 2
+
+
+def test_system_v_ipc_left_fails_the_document_and_recycles(resident_bwrap: ChildProcessSandbox) -> None:
+    with pytest.raises(SandboxError, match="System V IPC objects left"):
+        resident_bwrap.run("selftest", b"x", {"op": "sysv_shm"}, LIMITS)
+    got = json.loads(
+        resident_bwrap.run("selftest", b"", {"op": "read_file", "path": "/proc/sysvipc/shm"}, LIMITS)
+    )
+    assert len(got["content"].splitlines()) == 1  # the header only: a fresh IPC namespace
+    assert resident_bwrap.zygote().starts == 2
 
 
 def test_a_dead_zygote_is_replaced(resident: ChildProcessSandbox) -> None:
