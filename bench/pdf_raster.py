@@ -205,11 +205,12 @@ def pdftoppm(path: Path, dpi: int, fmt: str) -> Callable[[], int]:
     return run
 
 
-def find_sandbox() -> tuple[Sandbox | None, str]:
+def find_sandbox(resident: bool = True) -> tuple[Sandbox | None, str]:
+    """bwrap, else the unsandboxed provider; ``resident``: sandbox.resident_converters (the zygote)."""
     errors = []
     for cfg in (
-        SandboxConfig(provider="bwrap"),
-        SandboxConfig(provider="subprocess", allow_unsandboxed=True),
+        SandboxConfig(provider="bwrap", resident_converters=resident),
+        SandboxConfig(provider="subprocess", allow_unsandboxed=True, resident_converters=resident),
     ):
         try:
             return make_sandbox(DetoxConfig(sandbox=cfg)), cfg.provider

@@ -8,7 +8,9 @@ What is timed (the ``selftest`` converter's ``echo`` op, which returns its input
 * ``plain call``:   ``detox.converters.selftest.main(data, args)`` in this process;
 * ``python -I``:    ``python -I -c pass`` through subprocess.run, the floor any out-of-process design pays;
 * ``subprocess``:   :class:`~detox.sandbox.process.SubprocessSandbox` (rlimits, no isolation);
-* ``bwrap``:        :class:`~detox.sandbox.bwrap.BwrapSandbox` (skipped when bwrap is missing).
+* ``bwrap``:        :class:`~detox.sandbox.bwrap.BwrapSandbox` (skipped when bwrap is missing);
+* ``... resident``: the same provider with ``resident=True``: a child forked by the zygote per call
+  (the zygote starts in the warm-up round).
 
 The variants run interleaved (one call of each per round, after a warm-up round) so a noisy host slows
 them alike. Every process started here is waited for by the sandbox or subprocess.run. This is a
@@ -67,14 +69,16 @@ def main() -> int:
         "plain call": _plain(data),
         "python -I": _bare_interpreter,
         "subprocess": _sandboxed(SubprocessSandbox(allowed=True), data),
+        "subprocess resident": _sandboxed(SubprocessSandbox(allowed=True, resident=True), data),
     }
     if shutil.which("bwrap"):
         variants["bwrap"] = _sandboxed(BwrapSandbox(), data)
+        variants["bwrap resident"] = _sandboxed(BwrapSandbox(resident=True), data)
     else:
         print("bwrap: not installed, skipped")
 
     timings: dict[str, list[float]] = {name: [] for name in variants}
-    for call in variants.values():  # warm-up: page cache, bytecode, bwrap --help probe
+    for call in variants.values():  # warm-up: page cache, bytecode, bwrap --help probe, zygote start
         call()
     for _ in range(options.runs):
         for name, call in variants.items():
@@ -83,11 +87,11 @@ def main() -> int:
             timings[name].append((time.perf_counter() - started) * 1000)
 
     print(f"{options.runs} calls each, {options.size} bytes in and out, {sys.executable}")
-    print(f"{'variant':<12} {'mean ms':>9} {'median':>9} {'p90':>9} {'min':>9}")
+    print(f"{'variant':<20} {'mean ms':>9} {'median':>9} {'p90':>9} {'min':>9}")
     for name, values in timings.items():
         p90 = statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
         print(
-            f"{name:<12} {statistics.fmean(values):9.2f} {statistics.median(values):9.2f} "
+            f"{name:<20} {statistics.fmean(values):9.2f} {statistics.median(values):9.2f} "
             f"{p90:9.2f} {min(values):9.2f}"
         )
     return 0

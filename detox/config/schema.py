@@ -294,6 +294,9 @@ class SandboxConfig(Strict):
     allow_unsandboxed: bool = False
     memory_mb: PositiveInt = 2048
     cpu_s: PositiveInt = 60
+    # One resident sandbox per worker that forks a fresh child per document (detox.sandbox.zygote);
+    # false: one bubblewrap sandbox started per document.
+    resident_converters: bool = True
 
 
 class PolicyRule(Strict):

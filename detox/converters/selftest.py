@@ -15,6 +15,20 @@ Never used on mail. ``args["op"]``:
 * ``cpu``: burn CPU for up to ``seconds``;
 * ``fork_bomb_guard``: fork up to ``count`` children that wait to be killed; JSON ``{"started": n,
   "error": errno name or null}`` (children are killed and reaped before returning).
+
+Misbehaviour a resident sandbox must contain (:mod:`detox.sandbox.zygote`):
+
+* ``spill``: return the input, leaving a grandchild (own session) that writes ``extra`` to every pipe
+  it inherited for ``seconds``;
+* ``daemon``: return the input, leaving a grandchild (own session, every inherited descriptor closed)
+  that runs ``sleep MARKER`` (MARKER: seconds, a unique number so a test can find it);
+* ``crash``: ``how`` = ``segv`` (a real SIGSEGV in C code) or ``exit`` (``os._exit(code)`` right after
+  writing ``data`` to every inherited pipe);
+* ``probe_parent``: try to read the parent's ``/proc/PID/{mem,environ,maps}`` and to ptrace it; JSON
+  ``{what: "ok" or errno name}``;
+* ``leave_files``: create ``count`` files in the working directory, ``$HOME/..`` and /dev/shm (when
+  writable); return the input;
+* ``sysv_shm``: create a System V shared memory segment and leave it; return the input.
 """
 
 from __future__ import annotations
@@ -147,6 +161,104 @@ def _fork_bomb_guard(args: dict[str, Any]) -> bytes:
     return _json({"started": len(children), "error": error})
 
 
+def _pipes() -> list[int]:
+    import stat
+
+    found = []
+    for fd in range(1, 32):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                found.append(fd)
+        except OSError:
+            continue
+    return found
+
+
+def _spill(data: bytes, args: dict[str, Any]) -> bytes:
+    import time
+
+    if os.fork() == 0:  # the grandchild: keep writing into whatever pipes it has
+        os.setsid()
+        end = time.monotonic() + float(args.get("seconds", 5))
+        extra = str(args.get("extra", "SPOOF")).encode()
+        fds = _pipes()
+        while time.monotonic() < end:
+            for fd in fds:
+                try:
+                    os.write(fd, extra)
+                except OSError:
+                    continue
+            time.sleep(0.01)
+        os._exit(0)
+    return data
+
+
+def _daemon(data: bytes, args: dict[str, Any]) -> bytes:
+    if os.fork() == 0:  # a well-behaved daemon: nothing inherited holds the run open
+        os.setsid()
+        os.closerange(0, 1024)
+        os.execvp("sleep", ["sleep", str(args.get("marker", 30))])  # noqa: S606
+    return data
+
+
+def _crash(data: bytes, args: dict[str, Any]) -> bytes:
+    if args.get("how") == "segv":
+        import ctypes
+
+        ctypes.string_at(0)
+    for fd in _pipes():
+        try:
+            os.write(fd, data)
+        except OSError:
+            continue
+    os._exit(int(args.get("code", 0)))
+
+
+def _probe_parent() -> bytes:
+    import ctypes
+
+    parent = os.getppid()
+    got: dict[str, str] = {}
+    for name in ("mem", "environ", "maps"):
+        try:
+            with open(f"/proc/{parent}/{name}", "rb") as fh:
+                fh.read(1)
+            got[name] = "ok"
+        except OSError as exc:
+            got[name] = _errno_name(exc)
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace_attach, ptrace_detach = 16, 17
+    if libc.ptrace(ptrace_attach, parent, 0, 0) == 0:
+        got["ptrace"] = "ok"
+        libc.ptrace(ptrace_detach, parent, 0, 0)
+    else:
+        got["ptrace"] = _errno_name(OSError(ctypes.get_errno(), ""))
+    return _json(got)
+
+
+def _leave_files(data: bytes, args: dict[str, Any]) -> bytes:
+    count = int(args.get("count", 3))
+    home = os.environ.get("HOME", ".")
+    for directory in (".", os.path.join(home, ".."), "/dev/shm"):  # noqa: S108 - the sandbox's own
+        for i in range(count):
+            try:
+                with open(os.path.join(directory, f"left-{i}"), "wb") as fh:
+                    fh.write(data)
+            except OSError:
+                break
+    return data
+
+
+def _sysv_shm(data: bytes) -> bytes:
+    import ctypes
+
+    ipc_private, ipc_creat = 0, 0o1000
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.shmget(ipc_private, 4096, ipc_creat | 0o600) < 0:
+        raise OSError(ctypes.get_errno(), "shmget")
+    return data
+
+
 def main(data: bytes, args: dict[str, Any]) -> bytes:
     op = args.get("op", "echo")
     if op == "echo":
@@ -182,4 +294,16 @@ def main(data: bytes, args: dict[str, Any]) -> bytes:
         return _cpu(args)
     if op == "fork_bomb_guard":
         return _fork_bomb_guard(args)
+    if op == "spill":
+        return _spill(data, args)
+    if op == "daemon":
+        return _daemon(data, args)
+    if op == "crash":
+        return _crash(data, args)
+    if op == "probe_parent":
+        return _probe_parent()
+    if op == "leave_files":
+        return _leave_files(data, args)
+    if op == "sysv_shm":
+        return _sysv_shm(data)
     raise ValueError(f"unknown op {op!r}")

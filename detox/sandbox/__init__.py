@@ -25,7 +25,9 @@ def make_sandbox(config: DetoxConfig) -> Sandbox:
     if settings.provider == "bwrap":
         from detox.sandbox.bwrap import BwrapSandbox
 
-        return BwrapSandbox(default_limits=limits)
+        return BwrapSandbox(default_limits=limits, resident=settings.resident_converters)
     from detox.sandbox.process import SubprocessSandbox
 
-    return SubprocessSandbox(allowed=settings.allow_unsandboxed, default_limits=limits)
+    return SubprocessSandbox(
+        allowed=settings.allow_unsandboxed, default_limits=limits, resident=settings.resident_converters
+    )

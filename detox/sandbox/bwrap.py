@@ -180,8 +180,10 @@ class BwrapSandbox(ChildProcessSandbox):
     name = "bwrap"
     signal_exit_offset = 128  # bwrap's PID 1 exits with 128 + N when the child dies of signal N
 
-    def __init__(self, *, default_limits: Limits | None = None, bwrap: str | None = None) -> None:
-        super().__init__(default_limits=default_limits)
+    def __init__(
+        self, *, default_limits: Limits | None = None, bwrap: str | None = None, resident: bool = False
+    ) -> None:
+        super().__init__(default_limits=default_limits, resident=resident)
         found = bwrap or shutil.which("bwrap")
         if found is None:
             raise SandboxError(
@@ -247,6 +249,15 @@ class BwrapSandbox(ChildProcessSandbox):
     @contextlib.contextmanager
     def launch(self, module: str, limits: Limits) -> Iterator[Launch]:
         with self.launch_command(child_command(self.python, module), limits) as launch:
+            yield launch
+
+    @contextlib.contextmanager
+    def zygote_launch(self, limits: Limits) -> Iterator[Launch]:
+        from detox.sandbox.resident import zygote_command
+
+        # Its own PID namespace: any process but the zygote and bwrap's init is a document's leftover.
+        command = zygote_command(self.python, ["--own-namespaces", SANDBOX_HOME, "/dev/shm"])  # noqa: S108
+        with self.launch_command(command, limits) as launch:
             yield launch
 
     @contextlib.contextmanager

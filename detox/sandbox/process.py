@@ -25,15 +25,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from detox.errors import SandboxError, SandboxTimeout
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.child import ERROR_PREFIX, HEADER_BYTES, MAX_ARGS_BYTES, valid_module_name
+
+if TYPE_CHECKING:
+    from detox.sandbox.resident import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +208,108 @@ def _error_detail(stderr: bytes) -> str:
     return lines[-1][:500] if lines else "(no message on stderr)"
 
 
+def pump(
+    module: str,
+    stdin: IO[bytes],
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+    payload: list[bytes],
+    limits: Limits,
+    deadline: float,
+    *,
+    exit_fd: int | None,
+    ended: Callable[[bool], bool],
+) -> tuple[bytes, bytes]:
+    """Feed ``payload`` to one run's stdin and drain its stdout and stderr in one ``select`` loop.
+
+    Returns (stdout, the tail of stderr) once the run has ended and both are at EOF. ``ended(readable)``
+    says whether the run has ended; it is asked after ``exit_fd`` (a pidfd, the zygote's socket)
+    became readable, or every few milliseconds when there is no such descriptor, and may raise. The
+    streams are closed as they finish; the caller kills what it started when this raises (deadline:
+    SandboxTimeout; output beyond ``limits.max_output_bytes``: SandboxError).
+    """
+    pending = [memoryview(part) for part in payload]
+    out: list[bytes] = []
+    out_size = 0
+    err = bytearray()
+    finished = False
+    with selectors.DefaultSelector() as selector:
+        for stream in (stdin, stdout, stderr):
+            os.set_blocking(stream.fileno(), False)
+        selector.register(stdin, selectors.EVENT_WRITE)
+        selector.register(stdout, selectors.EVENT_READ)
+        selector.register(stderr, selectors.EVENT_READ)
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ)
+        while True:
+            if not finished and exit_fd is None and ended(False):
+                finished = True
+            if finished and stdout.closed and stderr.closed:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxTimeout(
+                    f"converter {module!r} ran past {limits.timeout_s:g} s and was killed "
+                    "with its process group"
+                )
+            wait = remaining if exit_fd is not None or finished else min(remaining, _POLL_S)
+            for key, _ in selector.select(wait):
+                obj = key.fileobj
+                if isinstance(obj, int):  # exit_fd
+                    if ended(True):
+                        selector.unregister(obj)
+                        finished = True
+                elif obj is stdin:
+                    try:
+                        while pending:
+                            written = os.write(stdin.fileno(), pending[0][:_CHUNK])
+                            pending[0] = pending[0][written:]
+                            if not pending[0]:
+                                pending.pop(0)
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        pending.clear()  # the child stopped reading; its exit status says why
+                    selector.unregister(stdin)
+                    stdin.close()
+                elif obj is stdout:
+                    chunk = os.read(stdout.fileno(), _CHUNK)
+                    if not chunk:
+                        selector.unregister(stdout)
+                        stdout.close()
+                        continue
+                    out_size += len(chunk)
+                    if out_size > limits.max_output_bytes:
+                        raise SandboxError(
+                            f"converter {module!r} wrote more than {limits.max_output_bytes} bytes "
+                            "of output and was killed"
+                        )
+                    out.append(chunk)
+                elif obj is stderr:
+                    chunk = os.read(stderr.fileno(), _CHUNK)
+                    if not chunk:
+                        selector.unregister(stderr)
+                        stderr.close()
+                        continue
+                    err += chunk
+                    if len(err) > 2 * _STDERR_KEEP:
+                        del err[:-_STDERR_KEEP]
+    return b"".join(out), bytes(err[-_STDERR_KEEP:])
+
+
+def child_result(
+    module: str, returncode: int, stdout: bytes, stderr_tail: bytes, signal_offset: int | None
+) -> bytes:
+    """The output of a run that ended with ``returncode``, or the SandboxError saying why it failed."""
+    if returncode != 0:
+        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
+        status = describe_status(returncode, signal_offset)
+        raise SandboxError(f"converter {module!r} failed ({status}): {_error_detail(stderr_tail)}")
+    if stderr_tail:
+        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
+    return stdout
+
+
 def run_child(
     launch: Launch,
     module: str,
@@ -233,104 +340,46 @@ def run_child(
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     reaped = False
     pidfd: int | None = None
-    selector = selectors.DefaultSelector()
+    group_killed = False
+
+    def ended(readable: bool) -> bool:
+        nonlocal group_killed
+        if not readable and not has_exited(proc.pid):
+            return False
+        # The child is gone: kill anything it left running in its group (a stray grandchild
+        # holding the pipes open would otherwise keep us waiting until the deadline).
+        if not group_killed:
+            kill_group(proc)
+            group_killed = True
+        return True
+
     try:
         with contextlib.suppress(AttributeError, OSError):
             pidfd = os.pidfd_open(proc.pid)
         _grow_pipe(proc.stdin)
         _grow_pipe(proc.stdout)
-        pending = [memoryview(header), memoryview(data)]
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            os.set_blocking(stream.fileno(), False)
-        selector.register(proc.stdin, selectors.EVENT_WRITE)
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        if pidfd is not None:
-            selector.register(pidfd, selectors.EVENT_READ)
-
-        out: list[bytes] = []
-        out_size = 0
-        err = bytearray()
-        exited = group_killed = False
-        while True:
-            if not exited and pidfd is None and has_exited(proc.pid):
-                exited = True
-            if exited and not group_killed:
-                # The child is gone: kill anything it left running in its group (a stray grandchild
-                # holding the pipes open would otherwise keep us waiting until the deadline).
-                kill_group(proc)
-                group_killed = True
-            if exited and proc.stdout.closed and proc.stderr.closed:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                kill_group(proc)
-                raise SandboxTimeout(
-                    f"converter {module!r} ran past {limits.timeout_s:g} s and was killed "
-                    "with its process group"
-                )
-            wait = remaining if pidfd is not None or exited else min(remaining, _POLL_S)
-            for key, _ in selector.select(wait):
-                obj = key.fileobj
-                if isinstance(obj, int):  # the pidfd
-                    selector.unregister(obj)
-                    exited = True
-                elif obj is proc.stdin:
-                    try:
-                        while pending:
-                            written = os.write(proc.stdin.fileno(), pending[0][:_CHUNK])
-                            pending[0] = pending[0][written:]
-                            if not pending[0]:
-                                pending.pop(0)
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending.clear()  # the child stopped reading; its exit status says why
-                    selector.unregister(proc.stdin)
-                    proc.stdin.close()
-                elif obj is proc.stdout:
-                    chunk = os.read(proc.stdout.fileno(), _CHUNK)
-                    if not chunk:
-                        selector.unregister(proc.stdout)
-                        proc.stdout.close()
-                        continue
-                    out_size += len(chunk)
-                    if out_size > limits.max_output_bytes:
-                        kill_group(proc)
-                        raise SandboxError(
-                            f"converter {module!r} wrote more than {limits.max_output_bytes} bytes "
-                            "of output and was killed"
-                        )
-                    out.append(chunk)
-                elif obj is proc.stderr:
-                    chunk = os.read(proc.stderr.fileno(), _CHUNK)
-                    if not chunk:
-                        selector.unregister(proc.stderr)
-                        proc.stderr.close()
-                        continue
-                    err += chunk
-                    if len(err) > 2 * _STDERR_KEEP:
-                        del err[:-_STDERR_KEEP]
+        out, stderr_tail = pump(
+            module,
+            proc.stdin,
+            proc.stdout,
+            proc.stderr,
+            [header, data],
+            limits,
+            deadline,
+            exit_fd=pidfd,
+            ended=ended,
+        )
         returncode = proc.wait()
         reaped = True
     finally:
         if not reaped:
             kill_group(proc)
             proc.wait()
-        selector.close()
         if pidfd is not None:
             os.close(pidfd)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
-
-    stderr_tail = bytes(err[-_STDERR_KEEP:])
-    if returncode != 0:
-        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
-        status = describe_status(returncode, signal_offset)
-        raise SandboxError(f"converter {module!r} failed ({status}): {_error_detail(stderr_tail)}")
-    if stderr_tail:
-        log.debug("converter %s stderr:\n%s", module, stderr_tail.decode("utf-8", "replace"))
-    return b"".join(out)
+    return child_result(module, returncode, out, stderr_tail, signal_offset)
 
 
 # --- the providers' common base ------------------------------------------------------------------
@@ -347,8 +396,12 @@ class ChildProcessSandbox(Sandbox):
     # How the launcher reports "killed by signal N" as an exit code (bwrap: 128 + N), if it does.
     signal_exit_offset: int | None = None
 
-    def __init__(self, *, default_limits: Limits | None = None) -> None:
+    def __init__(self, *, default_limits: Limits | None = None, resident: bool = False) -> None:
+        """``resident``: runs go to a zygote kept in one sandbox (see :mod:`detox.sandbox.zygote`)."""
         self.default_limits = default_limits or Limits()
+        self.resident = resident
+        self._zygote: Zygote | None = None
+        self._zygote_lock = threading.Lock()
 
     def effective_limits(self, limits: Limits) -> Limits:
         cap = self.default_limits
@@ -363,12 +416,53 @@ class ChildProcessSandbox(Sandbox):
             raise SandboxError(f"refused converter name {module!r}: must match [a-z][a-z_]* (64 chars max)")
         header = encode_header(module, args)
         limits = self.effective_limits(limits)
+        # The zygote is started and used from the main thread only: bwrap's --die-with-parent (and the
+        # zygote's own death signal) fire when the *thread* that started it ends. Runs from other
+        # threads, or while the zygote is busy, take the one-shot path, which isolates just as well.
+        if (
+            self.resident
+            and threading.current_thread() is threading.main_thread()
+            and self._zygote_lock.acquire(blocking=False)
+        ):
+            try:
+                return self.zygote().run(module, header, data, limits)
+            finally:
+                self._zygote_lock.release()
         with self.launch(module, limits) as launch:
             return run_child(launch, module, header, data, limits, signal_offset=self.signal_exit_offset)
+
+    def zygote(self) -> Zygote:
+        """This sandbox's resident zygote (created on first use, started on its first run)."""
+        if self._zygote is None:
+            from detox.sandbox.resident import Zygote, zygote_limits
+
+            # The zygote holds this sandbox only weakly, so a sandbox nobody uses any more (a test's,
+            # a reloaded pipeline's) is collected, and its zygote killed with it.
+            launcher = weakref.WeakMethod(self.zygote_launch)
+
+            def launch(limits: Limits) -> contextlib.AbstractContextManager[Launch]:
+                method = launcher()
+                if method is None:
+                    raise SandboxError("the sandbox of this converter zygote is gone")
+                return method(limits)
+
+            zygote = Zygote(launch, zygote_limits(self.default_limits), signal_offset=self.signal_exit_offset)
+            weakref.finalize(self, zygote.stop, kill=True)
+            self._zygote = zygote
+        return self._zygote
+
+    def close(self) -> None:
+        """Stop the resident zygote, if any (the next resident run starts a new one)."""
+        if self._zygote is not None:
+            self._zygote.stop()
 
     @abstractmethod
     def launch(self, module: str, limits: Limits) -> contextlib.AbstractContextManager[Launch]:
         """The command for one run; resources it needs (temp dirs, fds) live as long as the context."""
+
+    @abstractmethod
+    def zygote_launch(self, limits: Limits) -> contextlib.AbstractContextManager[Launch]:
+        """The zygote's command, started like a one-shot child; the context lives as long as it."""
 
 
 class SubprocessSandbox(ChildProcessSandbox):
@@ -381,20 +475,34 @@ class SubprocessSandbox(ChildProcessSandbox):
 
     name = "subprocess"
 
-    def __init__(self, *, allowed: bool = False, default_limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, allowed: bool = False, default_limits: Limits | None = None, resident: bool = False
+    ) -> None:
         if not allowed:
             raise SandboxError(
                 "the subprocess sandbox runs converters of hostile files unsandboxed (no isolation "
                 "from the server's files or network); for development only: set "
                 'sandbox.allow_unsandboxed = true, or use sandbox.provider = "bwrap"'
             )
-        super().__init__(default_limits=default_limits)
+        super().__init__(default_limits=default_limits, resident=resident)
 
     @contextlib.contextmanager
     def launch(self, module: str, limits: Limits) -> Iterator[Launch]:
         with tempfile.TemporaryDirectory(prefix="detox-sandbox-", ignore_cleanup_errors=True) as workdir:
             yield Launch(
                 argv=child_command(python_executable(), module),
+                env=child_env(workdir),
+                cwd=workdir,
+            )
+
+    @contextlib.contextmanager
+    def zygote_launch(self, limits: Limits) -> Iterator[Launch]:
+        from detox.sandbox.resident import zygote_command
+
+        # No PID namespace and the host's /tmp and /dev/shm: the zygote empties only its own directory.
+        with tempfile.TemporaryDirectory(prefix="detox-zygote-", ignore_cleanup_errors=True) as workdir:
+            yield Launch(
+                argv=zygote_command(python_executable(), [workdir]),
                 env=child_env(workdir),
                 cwd=workdir,
             )

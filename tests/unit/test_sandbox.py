@@ -59,12 +59,20 @@ def unsandboxed() -> SubprocessSandbox:
     return SubprocessSandbox(allowed=True)
 
 
-@pytest.fixture(params=["subprocess", "bwrap"])
-def sandbox(request: pytest.FixtureRequest) -> Sandbox:
-    if request.param == "bwrap":
+@pytest.fixture(params=["subprocess", "bwrap", "subprocess-resident", "bwrap-resident"])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Both providers, each one-shot and resident (a zygote forking a child per document)."""
+    provider, _, resident = request.param.partition("-")
+    made: SubprocessSandbox | BwrapSandbox
+    if provider == "bwrap":
         require_bwrap()
-        return BwrapSandbox()
-    return SubprocessSandbox(allowed=True)
+        made = BwrapSandbox(resident=bool(resident))
+    else:
+        made = SubprocessSandbox(allowed=True, resident=bool(resident))
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def run_json(sandbox: Sandbox, args: dict[str, Any], limits: Limits = LIMITS) -> Any:
