@@ -251,17 +251,24 @@ def _received(envelope: Envelope, hostname: str) -> str:
     return f"{trace}{for_clause}; {when}"
 
 
-def _base64_body(text: str) -> str:
-    """What ``set_content(text, charset="utf-8", cte="base64")`` makes the payload, in one pass.
+def _base64_lines(data: bytes) -> str:
+    """``email.contentmanager._encode_base64(data, policy.max_line_length)``, in one pass.
 
-    The content manager joins the text's lines with the compose policy's "\\n", ends it with one,
-    and base64-encodes it 57 bytes (one 76-character line) at a time. 57 bytes are 19 whole
-    base64 groups, so encoding everything at once and cutting it into 76-character lines is the
-    same text, without a call per line.
+    The content manager base64-encodes 57 bytes (one 76-character line, for the compose policy's
+    78) at a time, each line ending in "\\n". Those bytes are whole base64 groups, so encoding
+    everything at once and cutting it into lines of the same length is the same text, without a
+    call per line (for a 2.5 MB rasterized PDF: ~45,000 calls fewer).
     """
-    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    width = _COMPOSE_POLICY.max_line_length // 4 * 4  # 57 bytes per line -> 76 characters
     encoded = binascii.b2a_base64(data, newline=False).decode("ascii")
-    return "".join([encoded[i : i + 76] + "\n" for i in range(0, len(encoded), 76)])
+    return "".join([encoded[i : i + width] + "\n" for i in range(0, len(encoded), width)])
+
+
+def _base64_body(text: str) -> str:
+    """What ``set_content(text, charset="utf-8", cte="base64")`` makes the payload: the content
+    manager joins the text's lines with the compose policy's "\\n", ends it with one, and encodes
+    that as _base64_lines does."""
+    return _base64_lines(b"\n".join(text.encode("utf-8").splitlines()) + b"\n")
 
 
 def _body_part(target: EmailMessage, text: str, charset: str) -> None:
@@ -297,7 +304,10 @@ def _add_output(target: EmailMessage, output: Output) -> None:
         text = output.data.decode(output.charset or "utf-8", "replace")
         target.add_attachment(text, subtype=subtype, charset="utf-8", cte="base64", filename=filename)
     else:
-        target.add_attachment(output.data, maintype=maintype, subtype=subtype, filename=filename)
+        # add_attachment(data, ...) with the payload made by _base64_lines: the headers do not
+        # depend on the data (base64 is set_bytes_content's default), so they are built from b"".
+        target.add_attachment(b"", maintype=maintype, subtype=subtype, filename=filename)
+        target.get_payload()[-1].set_payload(_base64_lines(output.data))
 
 
 def _fill(
@@ -347,6 +357,21 @@ class _Generator(BytesGenerator):
     policy's line separator: that is the lines joined with the separator (the last piece, empty
     when the text ends with a line break, written as it is), which is what is written here.
     """
+
+    @classmethod
+    def _make_boundary(cls, text: bytes | None = None) -> str:
+        """The stock boundary (same random draw), rejected when "--" + it occurs anywhere in the
+        parts' text. The stock check is a MULTILINE regex over the whole text (~25 ms for a 2.5 MB
+        rasterized PDF) whose ``$`` does not match before a CRLF, so with SMTP line endings it lets
+        a boundary line through; a substring test is faster and rejects every occurrence."""
+        boundary: str = super()._make_boundary(None)
+        if text is None:
+            return boundary
+        candidate, counter = boundary, 0
+        while b"--" + candidate.encode("ascii") in text:
+            candidate = f"{boundary}.{counter}"
+            counter += 1
+        return candidate
 
     def _write_lines(self, lines: str) -> None:
         if not lines:
