@@ -34,7 +34,7 @@ TEXT_ATTACHMENT_TYPES = frozenset(
     }
 )
 # Signatures of binary containers that are never text, whatever charset guessing says.
-_BINARY_MAGIC = (
+BINARY_SIGNATURES = (
     b"MZ",
     b"\x7fELF",
     b"PK\x03\x04",
@@ -59,7 +59,7 @@ def _looks_textual(part: Part, decoded: Decoded) -> bool:
     """
     payload, text = part.payload, decoded.text
     wide = decoded.charset.replace("_", "-").startswith(("utf-16", "utf-32"))
-    if (b"\x00" in payload and not wide) or payload.startswith(_BINARY_MAGIC):
+    if (b"\x00" in payload and not wide) or payload.startswith(BINARY_SIGNATURES):
         return False
     sample = text[:65536]
     if sample.isascii():  # counted by deleting them from the bytes: no list of matches to build

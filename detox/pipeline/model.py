@@ -8,6 +8,11 @@ from enum import StrEnum
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+# How a part's detected_type was decided (the report's "detected_by"): libmagic read the bytes (a
+# part without bytes is "inode/x-empty" without asking it), or the part is a text/plain or text/html
+# body whose bytes hold no NUL or control byte but TAB, LF, CR, FF and ESC, typed as declared.
+DETECTED_BY_LIBMAGIC = "libmagic"
+DETECTED_BY_TEXT_BYTES = "text-bytes"
 
 
 class Role(StrEnum):
@@ -34,12 +39,13 @@ class Part:
     part_id: str  # position in the original tree ("1", "2.1", ...): quoted in hold ids
     role: Role
     declared_type: str  # lower-case Content-Type as the sender claimed it
-    detected_type: str  # python-magic's reading of the bytes
+    detected_type: str  # python-magic's reading of the bytes, or see detected_by
     charset_label: str | None
     untrusted_filename: str | None  # decoded (RFC 2231/2047/8-bit), directory parts removed
     payload: bytes  # transfer-decoded content
     sha256: str
     depth: int = 0
+    detected_by: str = DETECTED_BY_LIBMAGIC
 
     @property
     def size(self) -> int:
@@ -107,6 +113,7 @@ class PartRecord:
     output_filename: str | None = None
     output_type: str | None = None
     conversion: str = ""
+    detected_by: str = DETECTED_BY_LIBMAGIC
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -128,4 +135,5 @@ class PartRecord:
             "output_filename": self.output_filename,
             "output_type": self.output_type,
             "conversion": self.conversion,
+            "detected_by": self.detected_by,
         }

@@ -118,7 +118,16 @@ def strip_invisible(text: str) -> tuple[str, int, int]:
             return text, 0, 0
         text, control = _CONTROL_RE.subn("", text)
         return text, 0, control
-    if len(text) > _QUICK_CHECK_CHARS and _nothing_to_strip(text):
+    if text.isprintable():
+        # A word of Japanese text (the HTML renderer asks for each): no control character and only
+        # _PRINTABLE_INVISIBLE of the invisible ones are printable, so a few substring tests
+        # answer for the two character-class scans (~1 us on even a short word).
+        for ch in _PRINTABLE_INVISIBLE:
+            if ch in text:
+                break
+        else:
+            return text, 0, 0
+    elif len(text) > _QUICK_CHECK_CHARS and _nothing_to_strip(text):
         return text, 0, 0
     text, invisible = _INVISIBLE_RE.subn("", text)
     text, control = _CONTROL_RE.subn("", text)
@@ -280,6 +289,7 @@ _CELLS = frozenset({"td", "th"})
 # U+2028/U+2029 are not HTML whitespace, but a line separator inside a "word" would break lines
 # behind our back, so they are treated as whitespace.
 _WS_SPLIT_RE = re.compile("([ \t\n\r\f\u2028\u2029]+)|([^ \t\n\r\f\u2028\u2029]+)")
+_WS_RE = re.compile("[ \t\n\r\f\u2028\u2029]")
 _PRE_SPLIT_RE = re.compile("(\r\n|[\r\n\u2028\u2029])|([ \t\f]+)|([^ \t\f\r\n\u2028\u2029]+)")
 
 _HR = "-" * 40
@@ -625,8 +635,9 @@ class _Out:
     def text(self, word: str) -> None:
         """Emit a run of visible text (no collapsible whitespace inside)."""
         word, inv, ctl = strip_invisible(word)
-        self.invisible += inv
-        self.control += ctl
+        if inv or ctl:
+            self.invisible += inv
+            self.control += ctl
         if not word:
             return
         if self.pending_nl:
@@ -642,7 +653,8 @@ class _Out:
             and not (self.pending_space_nl and _is_cjk(self.last_char) and _is_cjk(word[0]))
         ):
             self.cur.append(" ")
-            self._capture(" ")
+            if self.captures:
+                self._capture(" ")
         self.pending_nl = 0
         self.pending_space = self.pending_sep = False
         if not self.cur_content:
@@ -652,10 +664,12 @@ class _Out:
                 self.cur_prefix = self.prefix()
         if self.pending_hard:
             self.cur.append(self.pending_hard)
-            self._capture(self.pending_hard)
+            if self.captures:
+                self._capture(self.pending_hard)
             self.pending_hard = ""
         self.cur.append(word)
-        self._capture(word)
+        if self.captures:  # only inside a link
+            self._capture(word)
         self.cur_content = True
         self.started = True
         self.last_char = word[-1]
@@ -722,6 +736,13 @@ class _Renderer:
                 else:
                     self._words(m.group(3))
             return
+        if _WS_RE.search(text) is None:  # one word (a table cell, a line of Japanese): no split
+            if "\xa0" not in text:
+                if text:
+                    out.text(text)
+            else:
+                self._words(text)
+            return
         for m in _WS_SPLIT_RE.finditer(text):
             ws = m.group(1)
             if ws is not None:
@@ -762,7 +783,7 @@ class _Renderer:
             return _skip
         if name in _DROP_SILENT:
             return _skip
-        if _is_hidden(tag):
+        if tag.attrs and _is_hidden(tag):  # hidden by an attribute: most elements have none
             self.removed["hidden"] += 1
             return _skip
         if name == "head":
@@ -985,18 +1006,20 @@ def _parse_int(value: str, default: int) -> int:
 def _render(root: _Node, r: _Renderer) -> None:
     """Walk the tree with an explicit stack (no recursion, so any depth is fine)."""
     stack: list[_Node | str | _Leaf | _Exit] = [root]
+    # Bound once: the loop runs for every element and text run of the document.
+    pop, push, extend, inline_text, enter = stack.pop, stack.append, stack.extend, r.inline_text, r.enter
     while stack:
-        obj = stack.pop()
+        obj = pop()
         if isinstance(obj, str):
             if not r.suppress:
-                r.inline_text(obj)
+                inline_text(obj)
         elif isinstance(obj, _Node):
-            result = None if obj is root else r.enter(obj)
+            result = None if obj is root else enter(obj)
             if result is _skip:
                 continue
             if result is not None:
-                stack.append(_Exit(result))
-            stack.extend(reversed(obj.contents))
+                push(_Exit(result))
+            extend(reversed(obj.contents))
         elif isinstance(obj, _Exit):
             obj.action()
         elif obj.kind is not None:  # comments and processing instructions; doctypes are not counted

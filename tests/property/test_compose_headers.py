@@ -101,7 +101,16 @@ def test_any_attachment_name_serializes_to_a_well_formed_block(filename: str, te
 # -- the parser-free paths give the parser's bytes ---------------------------------------------------
 
 _SMTP = email.policy.SMTP
-PLAIN_NAMES = ("Date", "Message-ID", "Subject", "X-Detox-Id", "X-Detox-Actions", "In-Reply-To", "References")
+PLAIN_NAMES = (
+    "Date",
+    "Message-ID",
+    "Subject",
+    "X-Detox-Id",
+    "X-Detox-Actions",
+    "In-Reply-To",
+    "References",
+    "Received",
+)
 ASCII_PIECES = st.sampled_from(
     [
         " ", "  ", "\t", "<", ">", "@", ".", "..", "(", ")", '"', ",", ";", ":", "\\", "=?", "?=", "[", "]",
@@ -186,13 +195,54 @@ def test_common_headers_take_the_plain_path(name: str, value: str) -> None:
         ("Message-ID", "<a b@c>"),
         ("Message-ID", "no-brackets@host"),
         ("From", "a@src.test"),
-        ("Received", "from x by y; Thu, 26 Nov 2026 01:02:03 +0000"),
+        ("Received", "from " + "x" * 78 + " by y; Thu, 26 Nov 2026 01:02:03 +0000"),  # an encoded word
+        ("X-Detox-Actions", "x" * 40 + " " + "y" * 30),  # after a bare "X-Detox-Actions:" line
+        ("X-Detox-Actions", "x" * 62 + " " + "y" * 30),  # the first word moves to the second line
     ],
 )
 def test_other_values_take_the_parser(name: str, value: str) -> None:
     from detox.pipeline.compose import _plain_value
 
     assert _plain_value(name, value) is None
+
+
+# Long values of printable ASCII words: the parser-free path folds them (Received always).
+FOLD_WORDS = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12),
+    st.integers(min_value=60, max_value=80).map(lambda n: "w" * n),
+    st.sampled_from(["(detox)", "([192.0.2.1])", "<b@city.example.lg.jp>;", "+0900", "id", "=?", "?="]),
+)
+LONG_VALUES = st.lists(FOLD_WORDS, min_size=2, max_size=40).map(" ".join)
+
+
+@profile(1500)
+@given(name=st.sampled_from(PLAIN_NAMES), value=LONG_VALUES)
+def test_folded_plain_path_writes_what_the_parser_path_writes(name: str, value: str) -> None:
+    from detox.pipeline.compose import _COMPOSE_POLICY, _plain_value
+
+    plain = _plain_value(name, value)
+    if plain is None:
+        return
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    set_header(out, name, value)
+    key, stored = list(out.raw_items())[-1]
+    assert stored == plain
+    assert _SMTP.fold_binary(key, stored) == _parser_path(name, value)
+    assert str(out[name]) == _reparsed(name, value) == value
+
+
+@pytest.mark.parametrize("helo", ["mx.example.jp", "a" * 60, "[192.0.2.1]"])
+@pytest.mark.parametrize("rcpts", [("taro@city.example.lg.jp",), ("a@x.jp", "b@x.jp")])
+def test_received_takes_the_plain_path_with_the_parsers_bytes(helo: str, rcpts: tuple[str, ...]) -> None:
+    from detox.envelope import Envelope
+    from detox.pipeline.compose import _COMPOSE_POLICY, _plain_value, _received
+
+    envelope = Envelope("019ABCDEF0123456789A", "a@src.test", rcpts, "192.0.2.1", helo)
+    value = _received(envelope, CONFIG.server.hostname)
+    assert len(value) > 78 and _plain_value("Received", value) is not None
+    out = EmailMessage(policy=_COMPOSE_POLICY)
+    set_header(out, "Received", value)
+    assert _SMTP.fold_binary(*list(out.raw_items())[-1]) == _parser_path("Received", value)
 
 
 def test_a_second_single_header_is_still_refused_like_the_parser_does() -> None:

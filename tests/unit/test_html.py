@@ -670,3 +670,25 @@ def test_strip_invisible_is_the_two_expressions(text: str, extra: str) -> None:
         removed, invisible = html_module._INVISIBLE_RE.subn("", source)
         removed, control = html_module._CONTROL_RE.subn("", removed)
         assert strip_invisible(source) == (removed, invisible, control)
+
+
+def test_short_word_check_never_misses_what_the_expressions_strip() -> None:
+    # strip_invisible answers a printable non-ASCII word without the expressions: every code point
+    # they match, inside such a word, must still be stripped exactly as they strip it.
+    every = "".join(map(chr, range(0x110000)))
+    matched = set(html_module._INVISIBLE_RE.findall(every)) | set(html_module._CONTROL_RE.findall(every))
+    for ch in matched:
+        for word in ("髙" + ch + "①", ch + "お知らせ", "㈱" + ch):
+            removed, invisible = html_module._INVISIBLE_RE.subn("", word)
+            removed, control = html_module._CONTROL_RE.subn("", removed)
+            assert invisible + control == 1, hex(ord(ch))
+            assert strip_invisible(word) == (removed, invisible, control), hex(ord(ch))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=64))
+def test_strip_invisible_on_short_text_is_the_two_expressions(text: str) -> None:
+    for source in (text, "髙" + text, text + "①"):
+        removed, invisible = html_module._INVISIBLE_RE.subn("", source)
+        removed, control = html_module._CONTROL_RE.subn("", removed)
+        assert strip_invisible(source) == (removed, invisible, control)
