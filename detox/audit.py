@@ -97,9 +97,11 @@ def chain_files(path: Path) -> list[Path]:
 
 @dataclass(slots=True)
 class _Batch:
-    """Records of one ``append`` call waiting for the group commit."""
+    """Records of one ``append`` call waiting for the group commit, with their JSON encoded already
+    (by the caller: a record that cannot be encoded fails its own append, not the whole group)."""
 
     records: list[dict[str, Any]]
+    encoded: list[bytes]
     done: bool = False
     error: Exception | None = None
 
@@ -200,6 +202,17 @@ class AuditLog:
     def _line(record: dict[str, Any]) -> bytes:
         return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
+    @staticmethod
+    def _encode(record: dict[str, Any]) -> bytes:
+        """The record's JSON without ``prev``; :meth:`_chained` adds it as the last key, which is
+        what ``record["prev"] = prev`` then ``_line`` writes for a record without one."""
+        fields = {k: v for k, v in record.items() if k != "prev"}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @staticmethod
+    def _chained(encoded: bytes, prev: str) -> bytes:
+        return b'%s,"prev":"%s"}\n' % (encoded[:-1], prev.encode("ascii"))
+
     def _write_group(self, batches: list[_Batch]) -> None:
         """Under the lock: chain and write every record of ``batches``, then one fdatasync."""
         fh, ino, size = self._current()
@@ -220,9 +233,9 @@ class AuditLog:
         else:
             prev = _last_line_hash(self.path)
         for batch in batches:
-            for record in batch.records:
+            for record, encoded in zip(batch.records, batch.encoded, strict=True):
                 record["prev"] = prev
-                line = self._line(record)
+                line = self._chained(encoded, prev)
                 lines.append(line)
                 prev = line_hash(line)
         data = b"".join(lines)
@@ -240,12 +253,13 @@ class AuditLog:
     def append(self, records: list[dict[str, Any]]) -> None:
         """Append ``records`` (each with ``ts`` and ``event``) in order, chained, fsync'd.
 
-        Returns once they are durable; raises OSError if they could not be written. ``prev`` is
-        set in each record.
+        Returns once they are durable; raises OSError if they could not be written, TypeError or
+        ValueError (before anything is written) if one is not JSON-serializable. ``prev`` is set in
+        each record.
         """
         if not records:
             return
-        batch = _Batch(records)
+        batch = _Batch(records, [self._encode(record) for record in records])
         with self._cond:
             self._waiting.append(batch)
             while self._writing and not batch.done:

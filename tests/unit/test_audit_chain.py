@@ -202,12 +202,8 @@ def test_follow_sees_new_records_across_rotation(tmp_path: Path) -> None:
     assert len(chain_files(path)) > 2  # it really crossed rotations
 
 
-def test_threads_sharing_one_log_are_group_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writers arriving while a group is being synced go out together, with one sync; each call
-    returns only after its own sync, and the chain (with another writer and rotation) stays whole."""
-    path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, fsync=True, rotate_bytes=4096)
-    other = AuditLog(path, fsync=False, rotate_bytes=4096)  # as another process would
+def hold_first_sync(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], threading.Event]:
+    """Record every audit sync; the first one waits for the event (writers queue up behind it)."""
     syncs: list[int] = []
     first_sync_may_end = threading.Event()
     real_sync = audit_mod._sync
@@ -219,6 +215,16 @@ def test_threads_sharing_one_log_are_group_committed(tmp_path: Path, monkeypatch
         real_sync(fd)
 
     monkeypatch.setattr(audit_mod, "_sync", sync)
+    return syncs, first_sync_may_end
+
+
+def test_threads_sharing_one_log_are_group_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers arriving while a group is being synced go out together, with one sync; each call
+    returns only after its own sync, and the chain (with another writer and rotation) stays whole."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync=True, rotate_bytes=4096)
+    other = AuditLog(path, fsync=False, rotate_bytes=4096)  # as another process would
+    syncs, first_sync_may_end = hold_first_sync(monkeypatch)
     returned: list[str] = []
 
     def work(name: str) -> None:
@@ -271,3 +277,50 @@ def test_a_failed_group_raises_for_each_writer_and_the_chain_goes_on(
     ok, message = verify(path)
     assert ok, message
     assert [r["event"] for r in read_records(path)][-1] == "after"
+
+
+def test_a_record_that_cannot_be_encoded_fails_only_its_own_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers queue behind a group being synced; one record that is not JSON must not take the
+    others of its group down with it (they would answer 451 for mail that did nothing wrong)."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, fsync=True)
+    syncs, first_sync_may_end = hold_first_sync(monkeypatch)
+    outcome: dict[str, str] = {}
+
+    def work(name: str, value: object) -> None:
+        try:
+            log.write("received", name, subject=value)
+            outcome[name] = "written"
+        except Exception as exc:  # the outcome is what the test looks at
+            outcome[name] = type(exc).__name__
+
+    first = threading.Thread(target=work, args=("first", "①㈱髙"))
+    first.start()
+    while not syncs:  # the first writer is in its sync: the next ones group behind it
+        time.sleep(0.01)
+    bad = threading.Thread(target=work, args=("bad", object()))
+    good = threading.Thread(target=work, args=("good", "見積書"))
+    bad.start()
+    good.start()
+    deadline = time.monotonic() + 30
+    while len(log._waiting) + ("bad" in outcome) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first_sync_may_end.set()
+    for t in (first, bad, good):
+        t.join()
+    assert outcome == {"first": "written", "bad": "TypeError", "good": "written"}
+    log.close()
+    ok, message = verify(path)
+    assert ok, message
+    assert [r["queue_id"] for r in read_records(path)] == ["first", "good"]
+
+
+def test_records_are_written_as_json_dumps_writes_them(tmp_path: Path) -> None:
+    """The encoded-early form with prev added last is the same line as dumping the chained record."""
+    path = tmp_path / "audit.jsonl"
+    log = write_log(path, 3)
+    log.close()
+    for line, record in zip(lines_of(path), read_records(path), strict=True):
+        assert line == AuditLog._line(record)
