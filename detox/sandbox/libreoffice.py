@@ -302,8 +302,15 @@ class LibreOffice:
         if self.process is not None:
             self.process.abandon()
             self.process = None
+        if self._workdir is not None:
+            # Kept, never finalized here: a TemporaryDirectory collected in this child (Popen's
+            # preexec_fn runs at-fork handlers) would remove the parent's instance directory.
+            _abandoned_workdirs.append(self._workdir)
         self._workdir = None
         self.lock = threading.Lock()
+
+
+_abandoned_workdirs: list[tempfile.TemporaryDirectory[str]] = []
 
 
 def _cut(timeout_s: float, deadline: float | None) -> float:

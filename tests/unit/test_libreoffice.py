@@ -904,3 +904,25 @@ def test_a_mail_with_a_doc_attachment_arrives_with_its_pdf(
         assert_pictures_only(payload)
         source = "見積書.doc" if name == "見積書.pdf" else "明細.xls"
         assert records[source].output_sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_a_fork_of_the_worker_leaves_the_instance_alone(documents: dict[str, bytes]) -> None:
+    """Development provider: a forked child (Popen with preexec_fn runs the at-fork handlers) drops
+    its copy of the instance without removing the parent's private directory."""
+    dev = make_sandbox(
+        DetoxConfig.model_validate({"sandbox": {"provider": "subprocess", "allow_unsandboxed": True}})
+    )
+    instance = office(dev)
+    try:
+        assert page_texts(to_pdf(instance, documents["doc"], "doc").pdf)
+        assert instance._workdir is not None
+        workdir = Path(instance._workdir.name)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # after the at-fork handlers ran in this child
+        os.waitpid(pid, 0)
+        assert workdir.is_dir()
+        assert instance.process is not None and instance.process.alive
+        assert page_texts(to_pdf(instance, documents["doc"], "doc").pdf)
+    finally:
+        stop_all()
