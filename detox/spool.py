@@ -564,14 +564,13 @@ class Spool:
             raise SpoolCorrupt(f"{queue_id}.json: damaged: {exc}") from exc
 
     def has_state(self, queue_id: str) -> bool:
-        """A state file exists (live only without an incoming entry: check ``has_incoming`` first)."""
-        return (self.outgoing / f"{queue_id}.json").exists()
+        """A live outgoing entry: its state exists and its incoming entry is gone (a worker's result
+        not yet handed off is inert, so nothing delivers it however it is asked for)."""
+        return (self.outgoing / f"{queue_id}.json").exists() and not self.has_incoming(queue_id)
 
     def outgoing_ids(self) -> list[str]:
-        """The live outgoing entries: not those a worker wrote for an entry not yet handed off."""
-        return sorted(
-            p.stem for p in self.outgoing.glob("*.json") if not (self.incoming / f"{p.stem}.msg").exists()
-        )
+        """The live outgoing entries (``has_state``)."""
+        return sorted(p.stem for p in self.outgoing.glob("*.json") if not self.has_incoming(p.stem))
 
     def finish_outgoing(self, queue_id: str) -> None:
         """Remove a finished entry; not fsync'd: it is done and audited, a power failure before the

@@ -199,9 +199,11 @@ def test_worker_output_is_inert_until_the_incoming_entry_is_released(tmp_path: P
     spool.write_outgoing(state, b"Subject: x\r\n\r\nclean\r\n")
     # not handed off yet (no index row, no `detoxified` record): recovery and the CLI must not see it
     assert spool.outgoing_ids() == []
+    assert not spool.has_state(ENV.queue_id)  # nor delivery, asked for it by id
     assert spool.incoming_ids() == [ENV.queue_id]
     spool.finish_incoming(ENV.queue_id)  # the hand-off's commit
     assert spool.outgoing_ids() == [ENV.queue_id]
+    assert spool.has_state(ENV.queue_id)
     assert spool.read_state(ENV.queue_id).pending() == list(ENV.rcpt_tos)
     assert spool.read_output(ENV.queue_id) == b"Subject: x\r\n\r\nclean\r\n"
     spool.finish_outgoing(ENV.queue_id)
