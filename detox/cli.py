@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.deliver_to or config.delivery.deliver_to, file="--deliver-to" if args.deliver_to else "config"
     )
     _setup_logging(config)
-    from detox.service import Service
+    from detox.serve.app import Service
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -67,7 +67,8 @@ def test_attempts_are_counted_before_they_start_and_survive_a_new_spool(tmp_path
         1234.0,
     )
     assert spool.incoming_ids() == [ENV.queue_id]  # the .tries file is not an entry
-    spool.finish_incoming(ENV.queue_id)
+    result = spool.write_outgoing(DeliveryState(ENV.queue_id, ENV.mail_from, {"x@c": RecipientState()}), b"x")
+    spool.hand_off(result, lambda: None)
     assert list(spool.incoming.iterdir()) == []
 
 
@@ -196,12 +197,12 @@ def test_worker_output_is_inert_until_the_incoming_entry_is_released(tmp_path: P
     spool = Spool(tmp_path, fsync=True)
     spool.accept(ENV, b"Subject: x\r\n\r\nx\r\n")
     state = DeliveryState(ENV.queue_id, ENV.mail_from, {r: RecipientState() for r in ENV.rcpt_tos})
-    spool.write_outgoing(state, b"Subject: x\r\n\r\nclean\r\n")
+    result = spool.write_outgoing(state, b"Subject: x\r\n\r\nclean\r\n")
     # not handed off yet (no index row, no `detoxified` record): recovery and the CLI must not see it
     assert spool.outgoing_ids() == []
     assert not spool.has_state(ENV.queue_id)  # nor delivery, asked for it by id
     assert spool.incoming_ids() == [ENV.queue_id]
-    spool.finish_incoming(ENV.queue_id)  # the hand-off's commit
+    spool.hand_off(result, lambda: None)  # the hand-off's commit
     assert spool.outgoing_ids() == [ENV.queue_id]
     assert spool.has_state(ENV.queue_id)
     assert spool.read_state(ENV.queue_id).pending() == list(ENV.rcpt_tos)
