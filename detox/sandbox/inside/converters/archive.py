@@ -1,6 +1,6 @@
 """Archive converter: list and extract ONE level of an untrusted archive, within caps.
 
-Runs INSIDE the sandbox (``detox.sandbox``): ``main(data, args)`` gets the attachment's bytes and
+Runs INSIDE the sandbox (:mod:`detox.sandbox.inside`): ``main(data, args)`` gets the attachment's bytes and
 returns a result in the wire format below. It never writes a file: every member is read into memory
 through a bounded loop. Nested archives are not opened here: each member goes back through the whole
 pipeline (``FilterContext.decide_member``), and an archive member comes back to this converter as a
@@ -45,7 +45,7 @@ Names
     * Members whose path is absolute, has a drive letter, a ``..`` segment, or a NUL or control
       character, are refused (never extracted) and listed.
 
-Wire format of the result: :mod:`detox.converters.wire`, the payload the member bytes, concatenated.
+Wire format of the result: :mod:`detox.sandbox.inside.wire`, the payload the member bytes, concatenated.
 
 The JSON object has ``status``: ``"ok"`` or ``"held"``. A held result has ``reason`` (one of
 :data:`HELD_REASONS`), ``detail`` (a short English text for the logs) and no member bytes. An ok
@@ -73,36 +73,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from detox.converters import wire
+from detox.sandbox import contract
+from detox.sandbox.contract import ARCHIVE_FORMATS as FORMATS
+from detox.sandbox.contract import ARCHIVE_MAX_HEADER_BYTES as MAX_META_BYTES
+from detox.sandbox.contract import ARCHIVE_REFUSED_KINDS as REFUSED_KINDS
+from detox.sandbox.inside import wire
 
-MAX_META_BYTES = 8 * 1024 * 1024
+HELD_REASONS = contract.ARCHIVE_HELD_REASONS  # what Held may carry (the filter checks it)
+
 CHUNK = 64 * 1024
 MAX_PATH_CHARS = 1024
-
-FORMATS = ("zip", "tar", "gzip", "bzip2", "xz", "7z", "lzh")
-HELD_REASONS = frozenset(
-    {
-        "encrypted-archive",  # ZipCrypto, AES, 7z encryption: PPAP
-        "limit-exceeded",  # too many entries, too many bytes, a member too large
-        "archive-bomb",  # compression ratio over max_ratio
-        "archive-corrupt",  # unreadable, truncated, CRC or size mismatch, local/central names differ
-        "archive-unsupported",  # a variant the libraries cannot read (LZH method, 7z codec...)
-        "archive-is-document",  # a zip that is an OOXML/ODF/EPUB document (not claimed as one)
-        "executable",  # a zip that is a Java or Android program
-    }
-)
-REFUSED_KINDS = frozenset(
-    {
-        "symlink",
-        "hardlink",
-        "device",
-        "special",
-        "absolute-path",
-        "parent-path",
-        "bad-name",
-        "unsupported-method",
-    }
-)
 
 DEFAULT_MAX_MEMBERS = 1000
 DEFAULT_MAX_TOTAL_BYTES = 200 * 1024 * 1024
