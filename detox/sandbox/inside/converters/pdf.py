@@ -56,6 +56,10 @@ occurrence); when held: ``reason`` — one of
 ``encrypted`` (a password is needed to open it) or ``limit-exceeded`` (page or output-size cap) — and
 ``detail``, a short English text. Any other failure raises, the sandbox child exits non-zero, and the
 filter holds the part as a filter error. :func:`unpack_result` reads the format back.
+
+Over 500 lines on purpose: both modes share the walk that finds every action, embedded file and
+script (rasterize uses it for its inventory), and the walk and :func:`verify_inert` must be read side
+by side. The rasterize path (from :func:`rasterize` down) is the seam to split along when it grows.
 """
 
 from __future__ import annotations
