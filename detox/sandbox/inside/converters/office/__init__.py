@@ -98,7 +98,7 @@ What is removed (the ``removed`` counts name the kinds)
     data, document properties. Images and fonts are copied unchanged: a memory-safety bug in the
     recipient's image or font decoder is the residual risk of this conversion (as in PDF sanitize).
 
-Wire format of the result: :mod:`detox.converters.wire`, the payload the new package (empty when the
+Wire format of the result: :mod:`detox.sandbox.inside.wire`, the payload the new package (empty when the
 status is "held").
 
 Header keys: ``status`` ("ok" or "held"); when ok: ``content_type`` (the output's
