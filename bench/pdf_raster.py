@@ -41,10 +41,10 @@ from pikepdf import Array, Dictionary, Name
 from PIL import Image, ImageDraw, ImageFilter
 
 from detox.config.schema import DetoxConfig, SandboxConfig
-from detox.converters import pdf as conv
 from detox.errors import SandboxError
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.inside.converters import pdf as conv
 
 WORDS = [
     "lorem",

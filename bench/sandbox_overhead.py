@@ -27,9 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from detox.converters import selftest
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.bwrap import BwrapSandbox
+from detox.sandbox.inside.converters import selftest
 from detox.sandbox.process import SubprocessSandbox
 
 ARGS = {"op": "echo"}

@@ -52,11 +52,14 @@ from typing import Any, ClassVar, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detox.converters.archive import FORMATS, HELD_REASONS, REFUSED_KINDS, unpack_result
 from detox.errors import FilterError, FilterTimeout, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
 from detox.pipeline.runner import detect_type
+from detox.sandbox.contract import ARCHIVE_FORMATS as FORMATS
+from detox.sandbox.contract import ARCHIVE_HELD_REASONS as HELD_REASONS
+from detox.sandbox.contract import ARCHIVE_REFUSED_KINDS as REFUSED_KINDS
+from detox.sandbox.contract import unpack_archive_result as unpack_result
 
 # libmagic's types for the formats the converter reads.
 ARCHIVE_TYPES: dict[str, str] = {

@@ -20,11 +20,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.converters.image import RSVG_PATH
-from detox.converters.wire import MAX_HEADER_BYTES, PREFIX_BYTES, unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
+from detox.sandbox.contract import MAX_RESULT_HEADER_BYTES as MAX_HEADER_BYTES
+from detox.sandbox.contract import RESULT_PREFIX_BYTES as PREFIX_BYTES
+from detox.sandbox.contract import RSVG_PATH, unpack_result
 
 SVG_TYPE = "image/svg+xml"
 RASTER_TYPES = frozenset(

@@ -54,13 +54,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.converters import pdf as pdf_converter
-from detox.converters.office import HELD_REASONS, OUTPUT_TYPES
-from detox.converters.wire import MAX_HEADER_BYTES, PREFIX_BYTES, unpack_result
 from detox.errors import FilterError, SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.sandbox.base import Limits
+from detox.sandbox.contract import MAX_RESULT_HEADER_BYTES as MAX_HEADER_BYTES
+from detox.sandbox.contract import OFFICE_HELD_REASONS as HELD_REASONS
+from detox.sandbox.contract import OFFICE_OUTPUT_TYPES as OUTPUT_TYPES
+from detox.sandbox.contract import PDF_DEFAULTS, PDF_HELD_REASONS, unpack_result
+from detox.sandbox.contract import RESULT_PREFIX_BYTES as PREFIX_BYTES
 from detox.sandbox.libreoffice import (
     DEFAULT_PYTHON,
     FILTERS,
@@ -250,7 +252,7 @@ class OfficeFilter(Filter):
         if conversion.status == "too-long":
             return Verdict(Action.HOLD, reason="limit-exceeded")
         args = {
-            **pdf_converter.DEFAULTS,
+            **PDF_DEFAULTS,
             "mode": "rasterize",
             "dpi": options.dpi,
             "max_pages": options.max_pages,
@@ -273,7 +275,7 @@ class OfficeFilter(Filter):
         status = header.get("status")
         if status == "held":
             reason = header.get("reason")
-            if reason not in pdf_converter.HELD_REASONS:
+            if reason not in PDF_HELD_REASONS:
                 raise SandboxError("pdf converter held the file for an unknown reason")
             return Verdict(Action.HOLD, reason=str(reason))
         pages = header.get("pages")

@@ -35,12 +35,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.converters.pdf import HELD_REASONS
-from detox.converters.wire import unpack_result
 from detox.errors import SandboxError
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.sandbox.base import Limits
+from detox.sandbox.contract import PDF_HELD_REASONS as HELD_REASONS
+from detox.sandbox.contract import unpack_result
 
 PDF_TYPES = frozenset({"application/pdf"})
 _MIB = 1024 * 1024

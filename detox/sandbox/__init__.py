@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# Keep this module import-light: every converter run imports it (``python -m detox.sandbox.child``), so
-# not even ``typing`` is imported at run time.
+# Keep this module import-light: every converter run imports it on the way to the inside package
+# (``python -m detox.sandbox.inside.child``), so not even ``typing`` is imported at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from detox.config.schema import DetoxConfig

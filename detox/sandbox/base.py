@@ -1,11 +1,14 @@
 """The sandbox contract: run one converter on untrusted bytes in a separate, limited process.
 
-A converter is a module under :mod:`detox.converters` with ``main(data: bytes, args: dict) -> bytes``.
-The provider starts ``python -I -B -m detox.sandbox.child MODULE`` (inside bubblewrap in
-production), feeds the arguments (length-prefixed JSON) and then the input on stdin, and reads the
-output from stdout. A converter that raises
-exits non-zero; a converter that runs past its time is killed with its whole process group. Either
-way the caller gets a :class:`~detox.errors.SandboxError` and the runner holds the part.
+A converter is a function ``main(data: bytes, args: dict) -> bytes`` inside the sandbox, found by name
+(:mod:`detox.sandbox.inside.converters`: a built-in one, or one a plugin registered in the
+``detox.converters`` entry-point group). The provider starts
+``python -I -B -m detox.sandbox.inside.child NAME`` (inside bubblewrap in production), feeds the
+arguments (length-prefixed JSON) and then the input on stdin, and reads the output from stdout. A
+converter that raises exits non-zero; a converter that runs past its time is killed with its whole
+process group. Either way the caller gets a :class:`~detox.errors.SandboxError` and the runner holds
+the part. What the host may know of a converter (its held reasons, output types, the framing) is in
+:mod:`detox.sandbox.contract`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class Sandbox(ABC):
 
     @abstractmethod
     def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        """Run ``detox.converters.<module>.main(data, args)`` isolated; return its output bytes.
+        """Run converter ``module``'s ``main(data, args)`` isolated; return its output bytes.
 
         Raises SandboxTimeout when ``limits.timeout_s`` passes, SandboxError for any other failure
         (non-zero exit, output too large, the sandbox itself failing to start).

@@ -24,7 +24,7 @@ own process group: killing that group kills bwrap and its PID 1, which takes the
 
 Started by root, bwrap maps the sandbox's uid 65534 to uid 0 outside: the converter has no capabilities
 and sees only the mounts above, but to the kernel it is still uid 0, so RLIMIT_NPROC does not apply (see
-:func:`detox.sandbox.process.rlimits_for`) and a mount-namespace escape would meet root-owned files as
+:func:`detox.sandbox.spawn.rlimits_for`) and a mount-namespace escape would meet root-owned files as
 their owner. Running the server as an unprivileged user (bwrap then needs unprivileged user namespaces)
 removes both; under Docker, ``--pids-limit`` caps processes either way.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import shutil
 import site
@@ -40,11 +41,15 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
 
 import detox
 from detox.errors import SandboxError
+from detox.sandbox import contract
 from detox.sandbox.base import Limits
-from detox.sandbox.process import ChildProcessSandbox, Launch, child_command, child_env, python_executable
+from detox.sandbox.process import ChildProcessSandbox, child_command
+from detox.sandbox.spawn import Launch, child_env, python_executable
+from detox.sandbox.zygote import zygote_command
 
 SANDBOX_UID = 65534  # nobody
 SANDBOX_GID = 65534  # nogroup
@@ -109,7 +114,8 @@ def python_paths() -> list[str]:
     Derived at run time from this very interpreter, so a pyenv build with a venv and an editable
     install, a venv in /opt/detox and Debian's /usr/bin/python3 all work: the prefixes, the stdlib and
     site-packages directories, the interpreter binary's directory and the ``detox`` package directory,
-    each both as named and with symlinks resolved. Directories inside another one are dropped.
+    each both as named and with symlinks resolved; and the packages of plugin converters
+    (:func:`plugin_converter_paths`). Directories inside another one are dropped.
     """
     candidates: list[str] = [
         sys.prefix,
@@ -124,6 +130,7 @@ def python_paths() -> list[str]:
     candidates += [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
     with contextlib.suppress(AttributeError):  # old virtualenv's site.py lacks it
         candidates += site.getsitepackages()
+    candidates += plugin_converter_paths()
     expanded: set[str] = set()
     for path in candidates:
         if path:
@@ -140,6 +147,31 @@ def python_paths() -> list[str]:
             continue
         kept.append(path)
     return kept
+
+
+def plugin_converter_paths() -> list[str]:
+    """Where the packages of plugin converters live (``detox.converters`` entry points), so that the child
+    can import them when they are installed outside site-packages (an editable install).
+
+    Found without importing anything: the top-level package's location, from the import system's
+    finders. Built-in names and entry points into detox itself add nothing (detox is bound anyway).
+    """
+    found: list[str] = []
+    for entry in entry_points(group=contract.ENTRY_POINT_GROUP):
+        top = entry.value.partition(":")[0].strip().split(".", 1)[0]
+        if entry.name in contract.BUILTIN_CONVERTERS or not top or top == "detox":
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue  # the child fails on it the same way, and the part is held
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:
+            found += list(spec.submodule_search_locations)
+        elif spec.origin and os.path.isabs(spec.origin):
+            found.append(os.path.dirname(spec.origin))
+    return found
 
 
 def _system_args() -> list[str]:
@@ -253,8 +285,6 @@ class BwrapSandbox(ChildProcessSandbox):
 
     @contextlib.contextmanager
     def zygote_launch(self, limits: Limits) -> Iterator[Launch]:
-        from detox.sandbox.resident import zygote_command
-
         # Its own PID namespace: any process but the zygote and bwrap's init is a document's leftover.
         command = zygote_command(self.python, ["--own-namespaces", SANDBOX_HOME, "/dev/shm"])  # noqa: S108
         with self.launch_command(command, limits) as launch:

@@ -6,7 +6,7 @@ process that needs one (a pipeline worker) starts one instance on first need, in
 the same isolation as a converter run (:meth:`~detox.sandbox.bwrap.BwrapSandbox.launch_command`: no
 network, read-only system, private size-capped /tmp holding the throwaway profile, nobody, new
 session, ``--die-with-parent``, rlimits, its own process group), and drives it through
-:mod:`detox.sandbox.office_host` over stdin/stdout (:class:`~detox.sandbox.resident.ResidentProcess`).
+:mod:`detox.sandbox.inside.office_host` over stdin/stdout (:class:`~detox.sandbox.resident.ResidentProcess`).
 
 Lifecycle of an instance (:class:`LibreOffice`):
 
@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from detox.errors import SandboxError
-from detox.sandbox import office_host
+from detox.sandbox import contract
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.bwrap import SANDBOX_HOME, BwrapSandbox
-from detox.sandbox.process import Launch, SubprocessSandbox, child_env
+from detox.sandbox.process import SubprocessSandbox
 from detox.sandbox.resident import ResidentProcess
+from detox.sandbox.spawn import Launch, child_env
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ FILTERS: Mapping[str, frozenset[str]] = {
     "rtf": frozenset({"Rich Text Format"}),
 }
 DEFAULT_PYTHON = "/usr/bin/python3"  # Debian's python3-uno installs ``uno`` for the system Python only
-HOST_SCRIPT = os.path.abspath(office_host.__file__)
+HOST_SCRIPT = contract.OFFICE_HOST_SCRIPT
 # RLIMIT_CPU counts for the life of a process: an instance may use this many times sandbox.cpu_s in
 # all, and is recycled once it has used half of that (no single document comes near the other half:
 # its wall-clock timeout ends it first).

@@ -37,7 +37,6 @@ from support.inert import OFFICE_OUTPUT_TYPES, assert_office_clean, assert_zip_c
 from support.sandboxes import skip_or_fail
 
 from detox.config.schema import DetoxConfig, NoticeConfig
-from detox.converters import archive as converter
 from detox.envelope import Envelope
 from detox.errors import FilterError, FilterTimeout
 from detox.filters.archive import (
@@ -52,6 +51,7 @@ from detox.pipeline.model import Action, Part, PartRecord, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import DetoxResult, Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.inside.converters import archive as converter
 
 # The reason texts proposed for notice.reasons (config/detox.toml); rendered here to see them work.
 ARCHIVE_REASONS = {

@@ -27,7 +27,6 @@ from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 from support.sandboxes import real_sandbox
 
 from detox.config.schema import DetoxConfig
-from detox.converters import image as converter
 from detox.envelope import Envelope
 from detox.errors import DetoxError, SandboxError
 from detox.filters import image as image_filter
@@ -37,6 +36,7 @@ from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.inside.converters import image as converter
 
 CONFIG = DetoxConfig.model_validate({"sandbox": {"provider": "bwrap"}})
 ENV = Envelope("0190000000000IMG", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx")

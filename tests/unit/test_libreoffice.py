@@ -57,10 +57,11 @@ from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox import libreoffice, make_sandbox
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.bwrap import BwrapSandbox
+from detox.sandbox.contract import ProtocolError, encode_frame, read_frame
+from detox.sandbox.inside.office_host import profile_xcu
 from detox.sandbox.libreoffice import FILTERS, LibreOffice, OfficeSettings, instance_for, stop_all
-from detox.sandbox.office_host import ProtocolError, encode_frame, profile_xcu, read_frame
-from detox.sandbox.process import Launch
 from detox.sandbox.resident import ResidentProcess
+from detox.sandbox.spawn import Launch
 
 CONFIG = DetoxConfig.model_validate({"sandbox": {"provider": "bwrap"}})
 ENV = Envelope("0190000000000LO1", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx")

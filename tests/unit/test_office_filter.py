@@ -43,7 +43,6 @@ from support.inert import assert_inert, assert_office_clean
 from support.sandboxes import real_sandbox, require_libreoffice
 
 from detox.config.schema import DetoxConfig
-from detox.converters import office as converter
 from detox.envelope import Envelope
 from detox.errors import SandboxError
 from detox.filters.base import FilterContext
@@ -52,6 +51,7 @@ from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.inside.converters import office as converter
 
 with warnings.catch_warnings():  # oletools' pyparsing grammar warns about deprecated names on import
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -30,7 +30,6 @@ from support.inert import MARK, assert_inert
 from support.sandboxes import real_sandbox
 
 from detox.config.schema import DetoxConfig, SandboxConfig
-from detox.converters import pdf as conv
 from detox.envelope import Envelope
 from detox.errors import SandboxError
 from detox.filters.base import FilterContext
@@ -40,6 +39,7 @@ from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
 from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.inside.converters import pdf as conv
 
 TEXT = "Hello detox"
 ENV = Envelope(

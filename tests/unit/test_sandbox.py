@@ -30,7 +30,7 @@ from detox.errors import SandboxError, SandboxTimeout
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Limits, Sandbox
 from detox.sandbox.bwrap import BwrapSandbox
-from detox.sandbox.child import MAX_ARGS_BYTES
+from detox.sandbox.contract import CHILD_MODULE, MAX_ARGS_BYTES
 from detox.sandbox.process import SubprocessSandbox
 
 LIMITS = Limits(timeout_s=20)
@@ -231,7 +231,7 @@ def test_child_refuses_bad_names_itself() -> None:
     """Defence in depth: the child checks argv again before importing anything."""
     for argv in (["../x"], ["selftest\n"], ["selftest", "extra"], []):
         proc = subprocess.run(
-            [sys.executable, "-I", "-m", "detox.sandbox.child", *argv],
+            [sys.executable, "-I", "-m", CHILD_MODULE, *argv],
             input=b"",
             capture_output=True,
             timeout=30,
@@ -244,7 +244,7 @@ def test_child_refuses_bad_names_itself() -> None:
 
 def test_child_refuses_a_malformed_header() -> None:
     proc = subprocess.run(
-        [sys.executable, "-I", "-m", "detox.sandbox.child", "selftest"],
+        [sys.executable, "-I", "-m", CHILD_MODULE, "selftest"],
         input=(5).to_bytes(4, "big") + b"[1,2]",
         capture_output=True,
         timeout=30,
@@ -274,7 +274,7 @@ def test_timeout_kills_the_whole_process_group(sandbox: Sandbox) -> None:
         sleeping = [b"sleep", marker.encode()]
         grandchild = _wait_for(lambda: _pids_with_cmdline(sleeping), 10, "the grandchild")[0]
         child = _ppid(grandchild)
-        assert b"detox.sandbox.child" in _cmdline(child)  # the converter's python process
+        assert CHILD_MODULE.encode() in _cmdline(child)  # the converter's python process
         assert _alive(child) and _alive(grandchild)
     finally:
         thread.join(30)

@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw
 from test_sandbox import LIMITS, MiB, _alive, _cmdline, _pids_with_cmdline, _wait_for, require_bwrap
 
 from detox.config.schema import DetoxConfig, SandboxConfig
-from detox.converters.wire import unpack_result
 from detox.errors import SandboxError, SandboxTimeout
 from detox.filters.pdf import PdfOptions
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Limits
 from detox.sandbox.bwrap import BwrapSandbox
+from detox.sandbox.contract import ZYGOTE_MODULE, unpack_result
 from detox.sandbox.process import ChildProcessSandbox, SubprocessSandbox
 
 
@@ -90,7 +90,7 @@ def test_one_zygote_forks_a_fresh_child_per_document(resident: ChildProcessSandb
     assert first != second  # a new process for each document...
     assert parent == parent_again  # ...forked by the same zygote
     assert resident.zygote().starts == 1
-    assert b"detox.sandbox.zygote" in b" ".join(_cmdline(resident.zygote().pid or 0))
+    assert ZYGOTE_MODULE.encode() in b" ".join(_cmdline(resident.zygote().pid or 0))
 
 
 def test_config_switch() -> None:
@@ -272,7 +272,7 @@ def test_system_v_ipc_left_fails_the_document_and_recycles(resident_bwrap: Child
 def test_a_dead_zygote_is_replaced(resident: ChildProcessSandbox) -> None:
     _echo_is_exact(resident)
     zygote = next(
-        pid for pid in _zygote_processes(resident) if b"detox.sandbox.zygote" in b" ".join(_cmdline(pid))
+        pid for pid in _zygote_processes(resident) if ZYGOTE_MODULE.encode() in b" ".join(_cmdline(pid))
     )
     os.kill(zygote, signal.SIGKILL)
     _wait_for(lambda: not _alive(zygote), 10, "the zygote to die")

@@ -1,6 +1,6 @@
 """Image converter: decode an untrusted raster (or SVG) image and re-encode its pixels only.
 
-Runs INSIDE the sandbox (``detox.sandbox``): ``main(data, args)`` gets the attachment's bytes and
+Runs INSIDE the sandbox (:mod:`detox.sandbox.inside`): ``main(data, args)`` gets the attachment's bytes and
 returns a result in the wire format below. Anything it cannot do safely raises; the sandbox turns
 that into a SandboxError and the runner holds the part.
 
@@ -30,7 +30,7 @@ to sRGB here, inside the sandbox, keeps the colours right for the images mail ca
 in Display P3, CMYK scans). A profile the colour engine rejects is ignored and the pixels are
 converted without it.
 
-Wire format of the result: :mod:`detox.converters.wire`, the payload the image bytes.
+Wire format of the result: :mod:`detox.sandbox.inside.wire`, the payload the image bytes.
 
 An image over a cap (pixels, sides, a decompression bomb) is not an error but an answer: the JSON
 object is then ``{"status": "held", "reason": "limit-exceeded", "detail": ...}`` with no image bytes,
@@ -41,6 +41,10 @@ output), ``source_format`` (Pillow's name, or "SVG"), ``frames_dropped`` (int),
 ``orientation_applied`` (EXIF orientation 1-8 applied to the pixels, 1 = none), ``icc_converted``
 (bool) and ``removed`` (name -> count: exif, gps, xmp, icc-profile, comment, text, photoshop, thumbnail,
 app-segment, timestamp, unknown-chunk, app-extension, trailing-data, script, event-handler, ...).
+
+Over 500 lines on purpose: the decode/re-encode path and the inventory of what the source carried read
+the same bytes and are reviewed together. The inventory (:func:`metadata_found` and the per-format
+readers below it) is the seam to split along when either grows.
 """
 
 from __future__ import annotations
@@ -54,13 +58,12 @@ from typing import Any, NamedTuple
 
 from PIL import Image, ImageCms, JpegImagePlugin
 
-from detox.converters import wire
-from detox.converters.wire import unpack_result as unpack_result
+from detox.sandbox.contract import IMAGE_OUTPUT_TYPES as OUTPUT_TYPES
+from detox.sandbox.contract import RSVG_PATH as RSVG_PATH
+from detox.sandbox.inside import wire
+from detox.sandbox.inside.wire import unpack_result as unpack_result
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
-OUTPUT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
-# Where rsvg-convert may be; PATH inside the sandbox is not trusted to be set.
-RSVG_PATH = "/usr/bin:/bin:/usr/local/bin"
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 30_000

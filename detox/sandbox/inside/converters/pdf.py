@@ -44,7 +44,7 @@ Two modes, chosen by ``args["mode"]``:
     same walk as sanitize, on a copy that is thrown away), best effort: a file pikepdf cannot read
     but pdfium can render still gets rasterized, with no counts.
 
-Output format (both modes): :mod:`detox.converters.wire`, the payload the new PDF (empty when the
+Output format (both modes): :mod:`detox.sandbox.inside.wire`, the payload the new PDF (empty when the
 header's status is "held").
 
 Header keys: ``status`` ("ok" or "held"), ``mode``; when ok: ``pages`` (page count of
@@ -56,6 +56,10 @@ occurrence); when held: ``reason`` — one of
 ``encrypted`` (a password is needed to open it) or ``limit-exceeded`` (page or output-size cap) — and
 ``detail``, a short English text. Any other failure raises, the sandbox child exits non-zero, and the
 filter holds the part as a filter error. :func:`unpack_result` reads the format back.
+
+Over 500 lines on purpose: both modes share the walk that finds every action, embedded file and
+script (rasterize uses it for its inventory), and the walk and :func:`verify_inert` must be read side
+by side. The rasterize path (from :func:`rasterize` down) is the seam to split along when it grows.
 """
 
 from __future__ import annotations
@@ -68,23 +72,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from detox.converters.wire import pack_result as pack_result
-from detox.converters.wire import unpack_result as unpack_result
+from detox.sandbox.contract import PDF_DEFAULTS as DEFAULTS
+from detox.sandbox.contract import PDF_HELD_REASONS as HELD_REASONS
+from detox.sandbox.inside.wire import pack_result as pack_result
+from detox.sandbox.inside.wire import unpack_result as unpack_result
 
 if TYPE_CHECKING:
     import pikepdf
-
-HELD_REASONS = frozenset({"encrypted", "limit-exceeded"})
-
-DEFAULTS: Mapping[str, Any] = {
-    "mode": "rasterize",
-    "dpi": 150,
-    "max_pages": 100,
-    "max_page_pixels": 36_000_000,  # A0 at 150 dpi is 35 Mpx
-    "max_output_bytes": 64 * 1024 * 1024,
-    "image_format": "jpeg",
-    "jpeg_quality": 85,
-}
 
 # Action subtype (/S) → the kind reported in ``removed``. Every action is removed except those in
 # _KEPT_ACTIONS; an action dict with an /S not listed here is reported as "action".

@@ -9,6 +9,7 @@ Never used on mail. ``args["op"]``:
 * ``write_file``: write ``content`` to ``path``; JSON ``{"ok": bool, "error": errno name}``;
 * ``read_file``: JSON ``{"ok", "error", "content"}`` for ``path``; ``listdir``: JSON list of ``path``;
 * ``args``: the args back as JSON; ``env``: JSON of ``os.environ``;
+* ``modules``: JSON list of the modules loaded in this process (the boundary test reads it);
 * ``whoami``: JSON ids, user name, cwd, temp dir, hostname;
 * ``limits``: JSON ``{resource name: [soft, hard]}``;
 * ``big_output``: ``size`` bytes of output; ``memory``: allocate ``size`` bytes;
@@ -16,7 +17,7 @@ Never used on mail. ``args["op"]``:
 * ``fork_bomb_guard``: fork up to ``count`` children that wait to be killed; JSON ``{"started": n,
   "error": errno name or null}`` (children are killed and reaped before returning).
 
-Misbehaviour a resident sandbox must contain (:mod:`detox.sandbox.zygote`):
+Misbehaviour a resident sandbox must contain (:mod:`detox.sandbox.inside.zygote`):
 
 * ``spill``: return the input, leaving a grandchild (own session) that writes ``extra`` to every pipe
   it inherited for ``seconds``;
@@ -281,6 +282,10 @@ def main(data: bytes, args: dict[str, Any]) -> bytes:
         return _json(args)
     if op == "env":
         return _json(dict(os.environ))
+    if op == "modules":
+        import sys
+
+        return _json(sorted(sys.modules))
     if op == "whoami":
         return _whoami()
     if op == "limits":

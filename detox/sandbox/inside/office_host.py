@@ -5,8 +5,8 @@ inside bubblewrap. It starts one headless LibreOffice with a throwaway profile u
 sandbox's private /tmp), connects to it over the UNO pipe PIPE (a Unix socket in /tmp: the sandbox has
 no network at all), then converts one document to PDF per request for as long as its stdin stays open.
 
-Protocol (frames, both directions): a 4-byte big-endian length, that many bytes of a UTF-8 JSON object
-(the header), then ``header["size"]`` bytes of payload.
+Protocol (frames of :mod:`detox.sandbox.inside.wire`, both directions): a 4-byte big-endian length, that
+many bytes of a UTF-8 JSON object (the header), then ``header["size"]`` bytes of payload.
 
 * Once LibreOffice answers, the host writes ``{"status": "ready", "version": ..., "size": 0}``.
 * Request: ``{"op": "convert", "extension": "doc", "filters": [import filter names allowed],
@@ -28,27 +28,45 @@ DisableMacrosExecution), link updates in Writer and Calc, recalculation on load,
 OpenCL. Export: PDF of at most ``max_pages + 1`` pages (the caller holds anything longer), without
 bookmarks, comments, form fields or links to other files.
 
-This file imports only the standard library at module level (``uno`` only inside :func:`serve`), so the
-server imports its framing helpers without LibreOffice being installed. It trusts nothing it reads and
-enforces no limits itself: the parent applies rlimits and timeouts and kills the whole sandbox.
+This file imports only the standard library and the framing at module level (``uno`` only inside
+:class:`Office`), so it is importable without LibreOffice being installed. Run as a script, by a Python
+that has no detox on its path, it loads the framing (``wire.py``, standard library only) from its own
+directory by path. It trusts nothing it reads and enforces no limits itself: the parent applies rlimits
+and timeouts and kills the whole sandbox.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import struct
 import subprocess
 import sys
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any
 
-_LEN = struct.Struct(">I")
-MAX_HEADER_BYTES = 64 * 1024
+
+def _load_wire() -> Any:
+    """The framing module next to this file, loaded by its path (no package to import it from)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "detox_office_host_wire", os.path.join(os.path.dirname(os.path.abspath(__file__)), "wire.py")
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError("the framing module (wire.py) is not next to the LibreOffice host")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING or __package__:
+    from detox.sandbox.inside import wire
+else:  # run as a script: ``python3 -I -B office_host.py ...``
+    wire = _load_wire()
+
 _CONNECT_POLL_S = 0.05
 _MAX_DETAIL = 300
 
@@ -83,67 +101,6 @@ PROFILE_SETTINGS = (
     ("/org.openoffice.Setup/L10N", "ooSetupSystemLocale", "string", "ja-JP"),
     ("/org.openoffice.Office.Linguistic/General", "DefaultLocale_CJK", "string", "ja-JP"),
 )
-
-
-# -- framing (shared with the parent, which imports these) ---------------------------------------
-
-
-class ProtocolError(Exception):
-    """A frame that breaks the protocol, or a stream that ended inside one."""
-
-
-def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    blob = json.dumps({**header, "size": len(payload)}, separators=(",", ":")).encode("utf-8")
-    if len(blob) > MAX_HEADER_BYTES:
-        raise ProtocolError("frame header too large")
-    return _LEN.pack(len(blob)) + blob + payload
-
-
-def decode_header(blob: bytes) -> dict[str, Any]:
-    """The JSON header of a frame; ProtocolError unless it is an object with a sane ``size``."""
-    try:
-        header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"frame header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("frame header is not an object")
-    size = header.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ProtocolError("frame header has no valid size")
-    return header
-
-
-def header_length(prefix: bytes) -> int:
-    (length,) = _LEN.unpack(prefix)
-    if length > MAX_HEADER_BYTES:
-        raise ProtocolError(f"frame header of {length} bytes")
-    return int(length)
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            if remaining == size:
-                return None
-            raise ProtocolError("stream ended inside a frame")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    """The next frame from a blocking stream, None at a clean end of stream."""
-    prefix = _read_exact(stream, _LEN.size)
-    if prefix is None:
-        return None
-    header = decode_header(_read_exact(stream, header_length(prefix)) or b"")
-    payload = _read_exact(stream, header["size"]) if header["size"] else b""
-    if payload is None:
-        raise ProtocolError("stream ended before the payload")
-    return header, payload
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -375,11 +332,11 @@ def serve(soffice: str, base: str, pipe: str) -> int:
     out_fd = os.dup(1)
     os.dup2(2, 1)  # a stray print() or library write cannot corrupt the protocol
     office = Office(soffice, base, pipe)
-    _write_all(out_fd, encode_frame({"status": "ready", "version": office.version(), "cpu_s": 0.0}))
+    _write_all(out_fd, wire.encode_frame({"status": "ready", "version": office.version(), "cpu_s": 0.0}))
     stdin = sys.stdin.buffer
     try:
         while True:
-            frame = read_frame(stdin)
+            frame = wire.read_frame(stdin)
             if frame is None:
                 return 0
             request, data = frame
@@ -392,7 +349,7 @@ def serve(soffice: str, base: str, pipe: str) -> int:
                 except Exception as exc:  # noqa: BLE001 - reported; the parent restarts the instance
                     reply, payload = {"status": "error", "detail": _one_line(exc)}, b""
             reply["cpu_s"] = max_process_cpu_s()
-            _write_all(out_fd, encode_frame(reply, payload))
+            _write_all(out_fd, wire.encode_frame(reply, payload))
     finally:
         office.stop()
 

@@ -1,2 +1,0 @@
-"""Converters: pure functions main(data, args) -> bytes that run inside the sandbox; never imported by the
-server process."""
