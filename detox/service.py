@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from detox.audit import AuditLog
-from detox.config.loader import DeliverTo, load_config, parse_deliver_to
+from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.delivery import Deliverer, make_deliverer
 from detox.delivery.base import Outcome, Status
 from detox.delivery.retry import backoff, next_attempt
 from detox.dsn import FailedRecipient, bounce_block, build_dsn, enhanced_status, header_section
 from detox.errors import ConfigError, SpoolCorrupt, SpoolError, StoreError
+from detox.pipeline.registry import load_validated_config
 from detox.smtp.handler import Backlog, Handler, RefusalLog
 from detox.smtp.server import SessionGate, start_listener, tls_context
 from detox.spool import (
@@ -860,7 +861,7 @@ class Service:
 
     async def _reload(self, source: str) -> tuple[bool, str]:
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_validated_config, self.config_path)
             tls = await asyncio.to_thread(tls_context, new)  # reads the certificate and key files
             deliver_to = (
                 self.deliver_to if self._deliver_to_fixed else parse_deliver_to(new.delivery.deliver_to)
