@@ -44,9 +44,7 @@ def available_filters() -> Mapping[str, type[Filter]]:
     return MappingProxyType(found)
 
 
-def load_validated_config(
-    path: str | os.PathLike[str] | None, *, base_dir: str | None = None
-) -> DetoxConfig:
+def load_validated_config(path: str | os.PathLike[str] | None, *, base_dir: str | None = None) -> DetoxConfig:
     """:func:`detox.config.loader.load_config` with the pipeline's own checks (:func:`validate_config`)."""
     return load_config(path, base_dir=base_dir, validate=validate_config)
 
