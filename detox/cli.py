@@ -20,10 +20,11 @@ from pathlib import Path
 from detox import __version__
 from detox.cli_admin import register, scan_summary
 from detox.cli_queue import register as register_queue
-from detox.config.loader import load_config, parse_deliver_to, parse_listen
+from detox.config.loader import parse_deliver_to, parse_listen
 from detox.config.schema import DetoxConfig
 from detox.dryrun import is_multi, scan_envelope
 from detox.errors import ConfigError, DetoxError, NotFoundError, RefusedError
+from detox.pipeline.registry import load_validated_config
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -58,7 +59,7 @@ def _setup_logging(config: DetoxConfig) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config_path = _config_path(args.config)
-    config = load_config(config_path)
+    config = load_validated_config(config_path)
     listen = parse_listen(
         args.listen or config.server.listen, file="--listen" if args.listen else "config", key="server.listen"
     )
@@ -96,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    config = load_config(_config_path(args.config))
+    config = load_validated_config(_config_path(args.config))
     _setup_logging(config)
     source = Path(args.input)
     if args.input != "-" and not source.exists():
@@ -142,7 +143,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("detox check-config: give the file once (FILE or --config FILE)", file=sys.stderr)
         return EXIT_USAGE
     path = args.file or _config_path(args.config)
-    config = load_config(path)
+    config = load_validated_config(path)
     print(f"{path or '<built-in defaults>'}: OK (pipeline: {', '.join(config.pipeline.order)})")
     if args.no_sandbox:
         return EXIT_OK
@@ -185,7 +186,7 @@ def _probe_sandbox(config: DetoxConfig) -> str | None:
 def cmd_filters(args: argparse.Namespace) -> int:
     from detox.pipeline.registry import available_filters
 
-    config = load_config(_config_path(args.config))
+    config = load_validated_config(_config_path(args.config))
     order = list(config.pipeline.order)
     for name, cls in sorted(available_filters().items()):
         position = f"#{order.index(name) + 1}" if name in order else "unused"
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML file (default: $DETOX_CONFIG or /etc/detox/detox.toml)")
-    common.set_defaults(load_config=lambda path: load_config(_config_path(path)))
+    common.set_defaults(load_config=lambda path: load_validated_config(_config_path(path)))
     register(sub, common)
     register_queue(sub, common)
     return parser

@@ -56,6 +56,13 @@ class SandboxTimeout(SandboxError, FilterTimeout):
     """A sandboxed converter ran past its wall-clock limit and was killed with its process group."""
 
 
+class SandboxAnswerError(SandboxError):
+    """A sandboxed converter ran but its answer breaks the contract: unreadable framing, an unknown
+    status or held reason, output that fails the host's check. The one error every sandboxed filter
+    raises for it (:class:`detox.filters.sandboxed.SandboxedFilter`): whatever the converter's
+    format, an answer the host cannot trust is the sandbox side's fault, never a reason to pass."""
+
+
 class StoreError(DetoxError):
     """The originals store or its index could not be written or read."""
 

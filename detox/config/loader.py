@@ -1,9 +1,17 @@
-"""Load and validate the TOML configuration; every error names the file and the key."""
+"""Load and validate the TOML configuration; every error names the file and the key.
+
+The configuration is a leaf: nothing here imports the pipeline or the filters. What only they can
+check — filter names and options, the order the filters need, the policy rules' actions — comes in
+as the ``validate`` callback (:func:`detox.pipeline.registry.validate_config`, which
+:func:`detox.pipeline.registry.load_validated_config` passes), run at the point where those checks
+always ran, so the first problem reported stays the same one.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +57,18 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def load_config(path: str | os.PathLike[str] | None, *, base_dir: str | None = None) -> DetoxConfig:
-    """Read, validate and freeze the configuration. ``None`` means built-in defaults only."""
+# Checks the caller owns (the pipeline's): raise ConfigError(file, key, problem) for the first problem.
+Validator = Callable[[DetoxConfig, str], None]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, *, base_dir: str | None = None, validate: Validator | None = None
+) -> DetoxConfig:
+    """Read, validate and freeze the configuration. ``None`` means built-in defaults only.
+
+    ``validate`` runs the checks that need the installed filters; without it they are not made
+    (whoever builds a pipeline loads with :func:`detox.pipeline.registry.load_validated_config`).
+    """
     file = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
@@ -73,14 +91,12 @@ def load_config(path: str | os.PathLike[str] | None, *, base_dir: str | None = N
         key = _key_path(err["loc"])
         problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(file, key, problem) from None
-    validate_semantics(config, file)
+    validate_semantics(config, file, validate)
     return config
 
 
-def validate_semantics(config: DetoxConfig, file: str) -> None:
-    """Checks that span keys: filter names exist, order has no duplicates, URLs parse."""
-    from detox.pipeline.registry import available_filters  # late: registry imports filters
-
+def validate_semantics(config: DetoxConfig, file: str, validate: Validator | None = None) -> None:
+    """Checks that span keys: URLs parse, TLS files exist; the caller's ``validate`` in between."""
     parse_listen(config.server.listen, file=file)
     parse_deliver_to(config.delivery.deliver_to, file=file)
     if config.delivery.bounce_via:
@@ -92,31 +108,8 @@ def validate_semantics(config: DetoxConfig, file: str) -> None:
     problem = check_bounce_text(config.delivery.bounce_text)
     if problem:
         raise ConfigError(file, "delivery.bounce_text", problem)
-    known = available_filters()
-    seen: set[str] = set()
-    for i, name in enumerate(config.pipeline.order):
-        if name not in known:
-            raise ConfigError(
-                file, f"pipeline.order[{i}]", f"unknown filter {name!r} (known: {sorted(known)})"
-            )
-        if name in seen:
-            raise ConfigError(file, f"pipeline.order[{i}]", f"filter {name!r} listed twice")
-        seen.add(name)
-    for name, settings in config.filters.items():
-        if name not in known:
-            raise ConfigError(file, f"filters.{name}", f"unknown filter {name!r} (known: {sorted(known)})")
-        try:
-            known[name].Options.model_validate(settings.options)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise ConfigError(file, f"filters.{name}.options.{_key_path(err['loc'])}", problem) from None
-    from detox.pipeline.policy import Policy
-
-    try:
-        Policy(config, known)
-    except ConfigError as exc:
-        raise ConfigError(file, exc.key, exc.problem) from None
+    if validate is not None:
+        validate(config, file)
     if config.server.require_tls and not config.server.tls_cert:
         raise ConfigError(file, "server.require_tls", "needs tls_cert and tls_key")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

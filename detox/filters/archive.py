@@ -11,7 +11,8 @@ What happens
     1. Archive nesting is counted in the part id: a member of part ``2`` is ``2:dir/a.txt``, a member
        of that one (if it is an archive) ``2:dir/a.zip:b.txt``. An archive already ``max_depth``
        levels down is held (``limit-exceeded``). MIME depth does not count against it.
-    2. :mod:`detox.converters.archive` lists and extracts one level inside the sandbox, with caps on
+    2. :mod:`detox.sandbox.inside.converters.archive` lists and extracts one level inside the sandbox,
+       with caps on
        entries, total and per-member bytes and compression ratio (see its docstring), and answers
        "held" for encrypted archives (PPAP: ``encrypted-archive``), bombs, corrupt or unsupported ones.
     3. Each extracted member becomes a new attachment part (declared type from its extension, detected
@@ -52,10 +53,12 @@ from typing import Any, ClassVar, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from detox.errors import FilterError, FilterTimeout, SandboxError
-from detox.filters.base import Filter, FilterContext
+from detox.errors import FilterError, FilterTimeout
+from detox.filters.base import FilterContext
+from detox.filters.sandboxed import Answer, SandboxCall, SandboxedFilter
 from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
 from detox.pipeline.runner import detect_type
+from detox.sandbox.base import Limits
 from detox.sandbox.contract import ARCHIVE_FORMATS as FORMATS
 from detox.sandbox.contract import ARCHIVE_HELD_REASONS as HELD_REASONS
 from detox.sandbox.contract import ARCHIVE_REFUSED_KINDS as REFUSED_KINDS
@@ -149,104 +152,116 @@ class _Refused:
     size: int
 
 
-class ArchiveFilter(Filter):
+class ArchiveFilter(SandboxedFilter[ArchiveOptions]):
     """zip, 7z, tar(.gz/.bz2/.xz), gzip, bzip2, xz and LZH attachments: members detoxified, repacked."""
 
     name: ClassVar[str] = "archive"
-    Options: ClassVar[type[BaseModel]] = ArchiveOptions
+    converter: ClassVar[str] = "archive"
+    converter_reasons: ClassVar[frozenset[str]] = HELD_REASONS
+    opens: ClassVar[str] = "archives"
+    reasons: ClassVar[tuple[str, ...]] = (
+        *sorted(HELD_REASONS),
+        "archive-unsupported",  # a format in hold_formats
+        REASON_EMPTY,
+        REASON_NOTHING_LEFT,
+        REASON_MEMBER_UNSAFE,  # a refused member's record
+        "archive-os-metadata",  # a dropped member's record
+    )
+    notes: ClassVar[tuple[str, ...]] = ("archive-repacked",)  # with the notes of its members' filters
+    # It claims by the detected type, before the filters that claim by the declared one.
+    runs_before: ClassVar[tuple[str, ...]] = ("html", "text-attachment")
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.ATTACHMENT and part.detected_type in ARCHIVE_TYPES
 
-    def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        options = self.options
-        assert isinstance(options, ArchiveOptions)
-        started = time.monotonic()
-        fmt = ARCHIVE_TYPES[part.detected_type]
-        if part.part_id.count(MEMBER_SEPARATOR) >= options.max_depth:
+    def precheck(self, part: Part, ctx: FilterContext) -> Verdict | None:
+        if part.part_id.count(MEMBER_SEPARATOR) >= self.options.max_depth:
             return Verdict(Action.HOLD, reason="limit-exceeded")
-        if fmt in options.hold_formats:
+        if ARCHIVE_TYPES[part.detected_type] in self.options.hold_formats:
             return Verdict(Action.HOLD, reason="archive-unsupported")
-        if ctx.sandbox is None:
-            raise SandboxError("no sandbox is configured: archives are only opened inside one")
+        return None
+
+    def begin(self, part: Part, ctx: FilterContext) -> SandboxCall:
+        call = super().begin(part, ctx)
         if ctx.decide_member is None:
             raise FilterError("the runner gave no decide_member: members cannot be checked")
+        return call
 
-        timeout = ctx.config.filter_settings(self.name).timeout_s
-        sandbox_timeout = max(1.0, timeout * options.extract_time_share)
-        configured = ctx.sandbox.default_limits
-        limits = replace(
+    def sandbox_timeout(self, timeout_s: float) -> float:
+        # The extraction's share; the rest is for the members' filters.
+        return max(1.0, timeout_s * self.options.extract_time_share)
+
+    def limits(self, call: SandboxCall) -> Limits:
+        sandbox_timeout = self.sandbox_timeout(call.timeout_s)
+        configured = call.sandbox.default_limits
+        return replace(
             configured,
             timeout_s=sandbox_timeout,
             cpu_s=max(1, min(configured.cpu_s, math.ceil(sandbox_timeout))),
-            max_output_bytes=options.max_total_bytes + 8 * 1024 * 1024 + 64 * 1024,
+            max_output_bytes=self.options.max_total_bytes + 8 * 1024 * 1024 + 64 * 1024,
             max_file_bytes=16 * 1024 * 1024,  # the converter writes no file
             max_open_files=64,
         )
-        args: dict[str, Any] = {
-            "format": fmt,
-            "name": part.untrusted_filename or "",
+
+    def converter_args(self, call: SandboxCall) -> dict[str, Any]:
+        options = self.options
+        return {
+            "format": ARCHIVE_TYPES[call.part.detected_type],
+            "name": call.part.untrusted_filename or "",
             "max_members": options.max_members,
             "max_total_bytes": options.max_total_bytes,
             "max_member_bytes": options.max_member_bytes,
             "max_ratio": options.max_ratio,
         }
-        raw = ctx.sandbox.run("archive", part.payload, args, limits)
-        try:
-            meta, blob = unpack_result(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FilterError(f"archive converter: {exc}") from None
-        if meta.get("status") == "held":
-            reason = meta.get("reason")
-            if reason not in HELD_REASONS:
-                raise FilterError(f"archive converter held the archive for an unknown reason {reason!r}")
-            return Verdict(Action.HOLD, reason=str(reason))
-        if meta.get("status") != "ok":
-            raise FilterError("archive converter returned no status")
-        extracted, refused = self._check_result(meta, blob)
-        del raw, blob  # the members hold their own copies; the worker's peak memory matters
+
+    def unpack_answer(self, raw: bytes) -> tuple[dict[str, Any], bytes]:
+        return unpack_result(raw)  # the archive converter's: a member list needs a longer header
+
+    def converted(self, call: SandboxCall, answer: Answer) -> Verdict:
+        blob = answer.release()
+        extracted, refused = self._check_result(answer.header, blob)
+        del blob  # the members hold their own copies; the worker's peak memory matters
         if not extracted and not refused:
             return Verdict(Action.HOLD, reason=REASON_EMPTY)
-        return self._decide_members(part, ctx, extracted, refused, started, timeout)
+        return self._decide_members(call.part, call.ctx, extracted, refused, call.started, call.timeout_s)
 
     # -- the converter's answer, checked ------------------------------------------------------
 
     def _check_result(self, meta: dict[str, Any], blob: bytes) -> tuple[list[_Extracted], list[_Refused]]:
         """Trust nothing the sandbox says without a look: counts, offsets, sizes, names, kinds."""
         options = self.options
-        assert isinstance(options, ArchiveOptions)
         members, refused = meta.get("members"), meta.get("refused")
         if not isinstance(members, list) or not isinstance(refused, list):
-            raise FilterError("archive converter returned a malformed member list")
+            raise self.fault("returned a malformed member list")
         if len(members) + len(refused) > options.max_members:
-            raise FilterError("archive converter returned more members than max_members")
+            raise self.fault("returned more members than max_members")
         extracted: list[_Extracted] = []
         offset = 0
         for item in members:
             if not isinstance(item, dict):
-                raise FilterError("archive converter returned a malformed member")
+                raise self.fault("returned a malformed member")
             path, start, size = item.get("path"), item.get("offset"), item.get("size")
             if not (isinstance(path, str) and 0 < len(path) <= _MAX_META_PATH):
-                raise FilterError("archive converter returned a member without a path")
+                raise self.fault("returned a member without a path")
             if not (_is_int(start) and _is_int(size) and start == offset and size >= 0):
-                raise FilterError("archive converter returned members out of order")
+                raise self.fault("returned members out of order")
             if size > options.max_member_bytes:
-                raise FilterError("archive converter returned a member over max_member_bytes")
+                raise self.fault("returned a member over max_member_bytes")
             offset += size
             if offset > len(blob):
-                raise FilterError("archive converter returned a member past the end of its data")
+                raise self.fault("returned a member past the end of its data")
             extracted.append(_Extracted(path, blob[start:offset], _mtime(item.get("mtime"))))
         if offset != len(blob):
-            raise FilterError("archive converter returned bytes no member accounts for")
+            raise self.fault("returned bytes no member accounts for")
         if offset > options.max_total_bytes:
-            raise FilterError("archive converter returned more than max_total_bytes")
+            raise self.fault("returned more than max_total_bytes")
         refusals: list[_Refused] = []
         for item in refused:
             if not isinstance(item, dict):
-                raise FilterError("archive converter returned a malformed refusal")
+                raise self.fault("returned a malformed refusal")
             path, why, size = item.get("path"), item.get("why"), item.get("size")
             if not (isinstance(path, str) and len(path) <= _MAX_META_PATH and why in REFUSED_KINDS):
-                raise FilterError("archive converter returned a malformed refusal")
+                raise self.fault("returned a malformed refusal")
             refusals.append(_Refused(path, str(why), size if _is_int(size) and size >= 0 else 0))
         return extracted, refusals
 
@@ -261,7 +276,7 @@ class ArchiveFilter(Filter):
         started: float,
         timeout: float,
     ) -> Verdict:
-        assert ctx.decide_member is not None
+        assert ctx.decide_member is not None  # checked in begin()
         ids = _UniqueIds(part.part_id)
         records: list[PartRecord] = []
         kept: list[_Kept] = []

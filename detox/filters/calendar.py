@@ -63,11 +63,12 @@ class TooLarge(Exception):
     """Over a cap: the part is held as limit-exceeded."""
 
 
-class CalendarFilter(Filter):
+class CalendarFilter(Filter[CalendarOptions]):
     """iCalendar attachments (and the text/calendar part of an Outlook invitation) → text."""
 
     name: ClassVar[str] = "calendar"
-    Options: ClassVar[type[BaseModel]] = CalendarOptions
+    reasons: ClassVar[tuple[str, ...]] = ("limit-exceeded", "unparsable")
+    notes: ClassVar[tuple[str, ...]] = ("calendar-converted", "urls-defanged")
 
     def applies_to(self, part: Part) -> bool:
         if part.role is not Role.ATTACHMENT:
@@ -79,7 +80,6 @@ class CalendarFilter(Filter):
         )
 
     def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        assert isinstance(self.options, CalendarOptions)
         options = self.options
         if part.size > options.max_bytes:
             return Verdict(Action.HOLD, reason="limit-exceeded")

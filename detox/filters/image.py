@@ -4,7 +4,8 @@ The filter claims an attachment by what libmagic found in its bytes (``part.dete
 by the declared type or the file name. A part declared ``image/*`` whose bytes are something else is
 not claimed: no filter takes it and the runner holds it as ``unsupported-type``. The conversion
 itself (caps, first frame, sRGB, PNG/JPEG, no metadata) happens in
-:mod:`detox.converters.image`, inside the sandbox; this side only checks and packages its result.
+:mod:`detox.sandbox.inside.converters.image`, inside the sandbox; this side only checks and packages
+its result.
 
 SVG is never passed as SVG. It is rasterized to PNG by librsvg's ``rsvg-convert`` inside the
 sandbox (no script runs, no external reference is loaded); where rsvg-convert is not installed, or
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.errors import FilterError, SandboxError
-from detox.filters.base import Filter, FilterContext
+from detox.filters.base import FilterContext
+from detox.filters.sandboxed import Answer, SandboxCall, SandboxedFilter
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
+from detox.sandbox.base import Limits
 from detox.sandbox.contract import MAX_RESULT_HEADER_BYTES as MAX_HEADER_BYTES
 from detox.sandbox.contract import RESULT_PREFIX_BYTES as PREFIX_BYTES
-from detox.sandbox.contract import RSVG_PATH, unpack_result
+from detox.sandbox.contract import RSVG_PATH
 
 SVG_TYPE = "image/svg+xml"
 RASTER_TYPES = frozenset(
@@ -59,61 +62,67 @@ class ImageOptions(BaseModel):
     max_output_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
 
 
-class ImageFilter(Filter):
+class ImageFilter(SandboxedFilter[ImageOptions]):
     """JPEG, PNG, GIF, BMP, TIFF, WebP and SVG attachments, re-encoded as PNG or JPEG."""
 
     name: ClassVar[str] = "image"
-    Options: ClassVar[type[BaseModel]] = ImageOptions
+    converter: ClassVar[str] = "image"
+    converter_reasons: ClassVar[frozenset[str]] = frozenset({"limit-exceeded"})
+    opens: ClassVar[str] = "images"
+    reasons: ClassVar[tuple[str, ...]] = ("limit-exceeded", "svg")
+    notes: ClassVar[tuple[str, ...]] = ("image-reencoded", "svg-rasterized")
+    # It claims by the detected type: an image declared as text/html must reach it, not the HTML
+    # converter.
+    runs_before: ClassVar[tuple[str, ...]] = ("html", "text-attachment")
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.ATTACHMENT and part.detected_type in IMAGE_TYPES
 
-    def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        options = self.options
-        assert isinstance(options, ImageOptions)
-        is_svg = part.detected_type == SVG_TYPE
-        if is_svg and (options.svg == "hold" or rsvg_convert() is None):
+    def precheck(self, part: Part, ctx: FilterContext) -> Verdict | None:
+        if part.detected_type == SVG_TYPE and (self.options.svg == "hold" or rsvg_convert() is None):
             return Verdict(Action.HOLD, reason="svg")
-        if ctx.sandbox is None:
-            raise SandboxError("no sandbox is configured: images are only decoded inside one")
+        return None
 
-        # The sandbox's own clock fires first, so the converter is killed with its process group
-        # before the runner's deadline gives up on it.
-        timeout = ctx.config.filter_settings(self.name).timeout_s
-        sandbox_timeout = max(timeout * 0.9, min(timeout, 1.0))
+    def converter_args(self, call: SandboxCall) -> dict[str, Any]:
+        options = self.options
         args: dict[str, Any] = {
             "max_pixels": options.max_pixels,
             "max_width": options.max_width,
             "max_height": options.max_height,
             "jpeg_quality": options.jpeg_quality,
         }
-        if is_svg:
+        if call.part.detected_type == SVG_TYPE:
+            sandbox_timeout = self.sandbox_timeout(call.timeout_s)
             args.update(svg=True, svg_max_side=options.svg_max_side, svg_timeout_s=sandbox_timeout * 0.8)
-        configured = ctx.sandbox.default_limits  # sandbox.memory_mb / cpu_s
-        limits = replace(
+        return args
+
+    def limits(self, call: SandboxCall) -> Limits:
+        # The sandbox's own clock fires first, so the converter is killed with its process group
+        # before the runner's deadline gives up on it.
+        configured = call.sandbox.default_limits  # sandbox.memory_mb / cpu_s
+        return replace(
             configured,
-            timeout_s=sandbox_timeout,
-            cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
-            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
+            timeout_s=self.sandbox_timeout(call.timeout_s),
+            cpu_s=max(1, min(configured.cpu_s, math.ceil(call.timeout_s))),
+            max_output_bytes=self.options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
             max_file_bytes=64 * 1024 * 1024,
             max_open_files=64,
         )
-        raw = ctx.sandbox.run("image", part.payload, args, limits)
-        try:
-            meta, data = unpack_result(raw)
-        except ValueError as exc:
-            raise FilterError(f"image converter: {exc}") from None
-        if meta.get("status") == "held":
-            if meta.get("reason") != "limit-exceeded" or data:
-                raise FilterError("image converter held the image for an unknown reason")
-            return Verdict(Action.HOLD, reason="limit-exceeded")
-        content_type, removed = self._check_result(meta, data)
+
+    def answer_status(self, header: Mapping[str, Any]) -> object:
+        # The image converter names its status only when it holds the image.
+        return "held" if header.get("status") == "held" else "ok"
+
+    def converted(self, call: SandboxCall, answer: Answer) -> Verdict:
+        content_type, removed = self._check_result(answer.header, answer.data)
         notes = ["image-reencoded"]
-        if is_svg:
+        if call.part.detected_type == SVG_TYPE:
             notes.append("svg-rasterized")
         return Verdict(
             Action.REPLACE,
-            output=Output(content_type, data, output_filename(part.untrusted_filename, content_type)),
+            output=Output(
+                content_type, answer.data, output_filename(call.part.untrusted_filename, content_type)
+            ),
             removed=removed,
             notes=tuple(notes),
         )
@@ -121,34 +130,25 @@ class ImageFilter(Filter):
     def _check_result(self, meta: dict[str, Any], data: bytes) -> tuple[str, dict[str, int]]:
         """Trust nothing the sandbox says without a look: type, size, end of data, the counts."""
         options = self.options
-        assert isinstance(options, ImageOptions)
         content_type = meta.get("content_type")
         if content_type not in OUTPUT_EXTENSIONS:
-            raise FilterError(f"image converter returned type {content_type!r}")
+            raise self.fault(f"returned type {content_type!r}")
         width, height = meta.get("width"), meta.get("height")
         if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-            raise FilterError("image converter returned no dimensions")
+            raise self.fault("returned no dimensions")
         if width > options.max_width or height > options.max_height or width * height > options.max_pixels:
-            raise FilterError(f"image converter returned {width}x{height}, over the caps")
+            raise self.fault(f"returned {width}x{height}, over the caps")
         if len(data) > options.max_output_bytes:
-            raise FilterError("image converter output over max_output_bytes")
+            raise self.fault("output over max_output_bytes")
         if content_type == "image/png":
             if not (data.startswith(_PNG_SIGNATURE) and data.endswith(_PNG_IEND)):
-                raise FilterError("image converter output is not one PNG ending at IEND")
+                raise self.fault("output is not one PNG ending at IEND")
         elif not (data.startswith(b"\xff\xd8\xff") and data.endswith(b"\xff\xd9")):
-            raise FilterError("image converter output is not one JPEG ending at EOI")
-        removed: dict[str, int] = {}
-        raw_removed = meta.get("removed", {})
-        if not isinstance(raw_removed, dict):
-            raise FilterError("image converter returned a malformed removed list")
-        for key, count in raw_removed.items():
-            if not (isinstance(key, str) and isinstance(count, int) and count >= 0 and len(key) <= 40):
-                raise FilterError("image converter returned a malformed removed list")
-            if count:
-                removed[key] = count
+            raise self.fault("output is not one JPEG ending at EOI")
+        removed = self.removed_counts(meta.get("removed", {}))  # none found: the key may be left out
         frames = meta.get("frames_dropped", 0)
-        if not isinstance(frames, int) or frames < 0:
-            raise FilterError("image converter returned a malformed frame count")
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise self.fault("returned a malformed frame count")
         if frames:
             removed["frames-dropped"] = frames
         return str(content_type), removed

@@ -3,7 +3,8 @@
 The filter claims an attachment by what libmagic found in its bytes (``part.detected_type``):
 
 * OOXML (``application/vnd.openxmlformats-officedocument.*`` and the macro-enabled
-  ``application/vnd.ms-*.macroEnabled.12`` types): rebuilt by :mod:`detox.converters.office` in the
+  ``application/vnd.ms-*.macroEnabled.12`` types): rebuilt by
+  :mod:`detox.sandbox.inside.converters.office` in the
   sandbox, which removes VBA projects, Excel 4 macro sheets, ActiveX, OLE embeddings, DDE, external
   relationships other than hyperlinks, ribbon customizations... (its docstring has the list) and turns
   macro-enabled types into the plain ones. The output is the new package, named with the plain
@@ -46,22 +47,21 @@ removed.
 from __future__ import annotations
 
 import logging
-import math
 import re
-import time
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.errors import FilterError, SandboxError
-from detox.filters.base import Filter, FilterContext
+from detox.errors import FilterError
+from detox.filters.base import FilterContext
+from detox.filters.sandboxed import Answer, SandboxCall, SandboxedFilter
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.sandbox.base import Limits
 from detox.sandbox.contract import MAX_RESULT_HEADER_BYTES as MAX_HEADER_BYTES
 from detox.sandbox.contract import OFFICE_HELD_REASONS as HELD_REASONS
 from detox.sandbox.contract import OFFICE_OUTPUT_TYPES as OUTPUT_TYPES
-from detox.sandbox.contract import PDF_DEFAULTS, PDF_HELD_REASONS, unpack_result
+from detox.sandbox.contract import PDF_DEFAULTS, PDF_HELD_REASONS
 from detox.sandbox.contract import RESULT_PREFIX_BYTES as PREFIX_BYTES
 from detox.sandbox.libreoffice import (
     DEFAULT_PYTHON,
@@ -158,70 +158,78 @@ def claim(part: Part) -> Literal["ooxml", "legacy", "rtf"] | None:
     return None
 
 
-class OfficeFilter(Filter):
+class OfficeFilter(SandboxedFilter[OfficeOptions]):
     """Word, Excel and PowerPoint attachments: OOXML disarmed, legacy formats and RTF rasterized."""
 
     name: ClassVar[str] = "office"
-    Options: ClassVar[type[BaseModel]] = OfficeOptions
+    converter: ClassVar[str] = "office"
+    converter_reasons: ClassVar[frozenset[str]] = HELD_REASONS
+    opens: ClassVar[str] = "Office files"
+    # The converter's, and the PDF rasterizer's for the legacy path.
+    reasons: ClassVar[tuple[str, ...]] = ("encrypted", "legacy-office", "limit-exceeded", "unsupported-type")
+    notes: ClassVar[tuple[str, ...]] = ("office-disarmed", "office-rasterized")
+    # An OOXML file is a zip: office claims it before archive would unpack it into loose parts. And it
+    # claims by the detected type, so it comes before the filters that claim by the declared one.
+    runs_before: ClassVar[tuple[str, ...]] = ("archive", "html", "text-attachment")
 
     def applies_to(self, part: Part) -> bool:
         return claim(part) is not None
 
     def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        options = self.options
-        assert isinstance(options, OfficeOptions)
-        kind = claim(part)
-        if kind is None:
-            raise FilterError("not an Office attachment")
-        if kind == "rtf" and options.legacy == "hold":
+        if claim(part) != "rtf":
+            return super().process(part, ctx)  # OOXML, or a legacy file: the converter looks first
+        if self.options.legacy == "hold":
             return Verdict(Action.HOLD, reason="legacy-office")  # nothing to look at first
-        if ctx.sandbox is None:
-            raise SandboxError("no sandbox is configured: Office files are only opened inside one")
-        # Every sandboxed step (the look at the file, LibreOffice, the rasterizer) ends before this,
-        # so a slow file is killed with its process group before the runner's deadline gives up on it.
-        timeout = ctx.config.filter_settings(self.name).timeout_s
-        deadline = time.monotonic() + max(timeout * 0.9, min(timeout, 1.0))
-        if kind == "rtf":
-            return self._legacy(part, ctx, "rtf", {}, deadline)
-        configured = ctx.sandbox.default_limits  # sandbox.memory_mb / cpu_s
-        limits = replace(
-            configured,
-            timeout_s=_left(deadline),
-            cpu_s=max(1, min(configured.cpu_s, math.ceil(timeout))),
-            max_output_bytes=options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
+        # Every sandboxed step (LibreOffice, the rasterizer) ends before the call's deadline, so a
+        # slow file is killed with its process group before the runner's deadline gives up on it.
+        return self._legacy(self.begin(part, ctx), "rtf", {})
+
+    def precheck(self, part: Part, ctx: FilterContext) -> Verdict | None:
+        if claim(part) is None:
+            raise FilterError("not an Office attachment")
+        return None
+
+    def converter_args(self, call: SandboxCall) -> dict[str, Any]:
+        options = self.options
+        hyperlinks = options.hyperlinks
+        if hyperlinks == "auto":
+            hyperlinks = "unlink" if call.ctx.defang_urls else "keep"
+        return {
+            "max_members": options.max_members,
+            "max_total_bytes": options.max_total_bytes,
+            "max_xml_bytes": options.max_xml_bytes,
+            "max_ratio": options.max_ratio,
+            "hyperlinks": hyperlinks,
+        }
+
+    def limits(self, call: SandboxCall) -> Limits:
+        return replace(
+            super().limits(call),  # the time left of the call's deadline; CPU seconds to match
+            max_output_bytes=self.options.max_output_bytes + MAX_HEADER_BYTES + PREFIX_BYTES,
             max_file_bytes=16 * _MIB,  # it writes no files
             max_open_files=64,
         )
-        raw = ctx.sandbox.run("office", part.payload, self.converter_args(ctx), limits)
-        try:
-            header, data = unpack_result(raw)
-        except ValueError as exc:
-            raise SandboxError(f"office converter answered something unreadable: {exc}") from None
-        status = header.get("status")
-        if status == "held":
-            reason = header.get("reason")
-            if reason not in HELD_REASONS:
-                raise SandboxError("office converter held the file for an unknown reason")
-            if reason == "legacy-office":
-                application = str(header.get("application") or "")
-                return self._legacy(part, ctx, application, _counts(header.get("removed")), deadline)
-            return Verdict(Action.HOLD, reason=str(reason))
-        if status != "ok":
-            raise SandboxError("office converter answered an unknown status")
-        content_type, extension = self._check_result(header, data)
+
+    def held(self, call: SandboxCall, answer: Answer) -> Verdict:
+        if answer.held == "legacy-office":  # a legacy file it looked at: on to LibreOffice
+            application = str(answer.header.get("application") or "")
+            return self._legacy(call, application, self.removed_counts(answer.header.get("removed")))
+        return super().held(call, answer)
+
+    def converted(self, call: SandboxCall, answer: Answer) -> Verdict:
+        content_type, extension = self._check_result(answer.header, answer.data)
         return Verdict(
             Action.REPLACE,
-            output=Output(content_type, data, output_filename(part.untrusted_filename, extension)),
-            removed=_counts(header.get("removed")),
+            output=Output(
+                content_type, answer.data, output_filename(call.part.untrusted_filename, extension)
+            ),
+            removed=self.removed_counts(answer.header.get("removed")),
             notes=("office-disarmed",),
         )
 
-    def _legacy(
-        self, part: Part, ctx: FilterContext, application: str, removed: dict[str, int], deadline: float
-    ) -> Verdict:
+    def _legacy(self, call: SandboxCall, application: str, removed: dict[str, int]) -> Verdict:
         """A legacy Office or RTF document: LibreOffice → PDF → rasterized pages, or held."""
-        options = self.options
-        assert isinstance(options, OfficeOptions) and ctx.sandbox is not None
+        options, part = self.options, call.part
         if options.legacy == "hold":
             return Verdict(Action.HOLD, reason="legacy-office")
         if application not in FILTERS:
@@ -237,17 +245,19 @@ class OfficeFilter(Filter):
             start_timeout_s=options.libreoffice_start_timeout_s,
         )
         # The page pictures need their share of the time: LibreOffice may use 3/4 of what is left.
-        conversion = instance_for(ctx.sandbox, settings).convert(
+        conversion = instance_for(call.sandbox, settings).convert(
             part.payload,
             extension=_extension(part, application),
             filters=FILTERS[application],
-            timeout_s=min(options.libreoffice_timeout_s, _left(deadline) * 0.75),
-            deadline=deadline,
+            timeout_s=min(options.libreoffice_timeout_s, call.left() * 0.75),
+            deadline=call.deadline,
             max_pages=options.max_pages,
             max_output_bytes=options.max_output_bytes,
         )
         if conversion.status == "refused":
-            log.info("%s: LibreOffice refused part %s: %s", ctx.queue_id, part.part_id, conversion.detail)
+            log.info(
+                "%s: LibreOffice refused part %s: %s", call.ctx.queue_id, part.part_id, conversion.detail
+            )
             return Verdict(Action.HOLD, reason="unsupported-type")
         if conversion.status == "too-long":
             return Verdict(Action.HOLD, reason="limit-exceeded")
@@ -258,32 +268,30 @@ class OfficeFilter(Filter):
             "max_pages": options.max_pages,
             "max_output_bytes": options.max_output_bytes,
         }
-        configured = ctx.sandbox.default_limits
+        configured = call.sandbox.default_limits
         limits = Limits(
-            timeout_s=_left(deadline),
+            timeout_s=call.left(),
             cpu_s=configured.cpu_s,
             memory_bytes=configured.memory_bytes,
             max_output_bytes=options.max_output_bytes + 4 * _MIB,
         )
-        raw = ctx.sandbox.run("pdf", conversion.pdf, args, limits)
-        try:
-            header, pdf = unpack_result(raw)
-        except ValueError as exc:
-            raise SandboxError(f"pdf converter answered something unreadable: {exc}") from None
-        if header.get("mode") != "rasterize":
-            raise SandboxError("pdf converter answered for another mode")
-        status = header.get("status")
-        if status == "held":
-            reason = header.get("reason")
-            if reason not in PDF_HELD_REASONS:
-                raise SandboxError("pdf converter held the file for an unknown reason")
-            return Verdict(Action.HOLD, reason=str(reason))
-        pages = header.get("pages")
-        if status != "ok" or not (isinstance(pages, int) and pages >= 1) or not pdf.startswith(b"%PDF-"):
-            raise SandboxError("pdf converter produced no PDF")
+        answer = self.run_converter(
+            call,
+            conversion.pdf,
+            args,
+            limits,
+            converter="pdf",
+            reasons=PDF_HELD_REASONS,
+            expect={"mode": "rasterize"},
+        )
+        if answer.held is not None:
+            return Verdict(Action.HOLD, reason=answer.held)
+        pages, pdf = answer.header.get("pages"), answer.data
+        if not (isinstance(pages, int) and pages >= 1) or not pdf.startswith(b"%PDF-"):
+            raise self.fault("produced no PDF", converter="pdf")
         # What the original carried (the OLE inventory), and the links LibreOffice turned into PDF
         # actions (its own open action and page jumps are not the sender's).
-        for kind, count in _counts(header.get("removed")).items():
+        for kind, count in self.removed_counts(answer.header.get("removed"), converter="pdf").items():
             if kind in _LINK_KINDS:
                 removed[kind] = removed.get(kind, 0) + count
         if application == "rtf":
@@ -297,35 +305,19 @@ class OfficeFilter(Filter):
             notes=("office-rasterized",),
         )
 
-    def converter_args(self, ctx: FilterContext) -> dict[str, Any]:
-        options = self.options
-        assert isinstance(options, OfficeOptions)
-        hyperlinks = options.hyperlinks
-        if hyperlinks == "auto":
-            hyperlinks = "unlink" if ctx.defang_urls else "keep"
-        return {
-            "max_members": options.max_members,
-            "max_total_bytes": options.max_total_bytes,
-            "max_xml_bytes": options.max_xml_bytes,
-            "max_ratio": options.max_ratio,
-            "hyperlinks": hyperlinks,
-        }
-
     def _check_result(self, header: dict[str, Any], data: bytes) -> tuple[str, str]:
         """Trust nothing the sandbox says without a look: the type, the extension, the zip's ends."""
-        options = self.options
-        assert isinstance(options, OfficeOptions)
         content_type = header.get("content_type")
         if not isinstance(content_type, str) or content_type not in OUTPUT_TYPES:
-            raise SandboxError(f"office converter returned type {str(content_type)[:80]!r}")
+            raise self.fault(f"returned type {str(content_type)[:80]!r}")
         extension = header.get("extension")
         if extension != OUTPUT_TYPES[content_type]:
-            raise SandboxError("office converter returned an extension that does not match the type")
-        if len(data) > options.max_output_bytes:
-            raise SandboxError("office converter output over max_output_bytes")
+            raise self.fault("returned an extension that does not match the type")
+        if len(data) > self.options.max_output_bytes:
+            raise self.fault("output over max_output_bytes")
         # The converter writes no zip comment: the end-of-directory record is the last 22 bytes.
         if not (data.startswith(_ZIP_LOCAL_HEADER) and data[-22:-18] == _ZIP_END_OF_DIRECTORY):
-            raise SandboxError("office converter output is not a zip package")
+            raise self.fault("output is not a zip package")
         return content_type, extension
 
 
@@ -349,27 +341,9 @@ def _log_once(message: str) -> None:
         log.error("%s", message)
 
 
-def _left(deadline: float) -> float:
-    return max(0.001, deadline - time.monotonic())
-
-
 def _extension(part: Part, application: str) -> str:
     known = _LEGACY_EXTENSIONS_OF[application]
     return part.extension if part.extension in known else known[0]
-
-
-def _counts(value: object) -> dict[str, int]:
-    if not isinstance(value, dict):
-        raise SandboxError("office converter answered no removed counts")
-    counts: dict[str, int] = {}
-    for key, count in value.items():
-        if not (isinstance(key, str) and 0 < len(key) <= 40 and key.replace("-", "").isalnum()):
-            raise SandboxError("office converter answered a malformed removed kind")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise SandboxError("office converter answered a malformed removed count")
-        if count:
-            counts[key] = count
-    return counts
 
 
 def output_filename(untrusted_filename: str | None, extension: str) -> str:

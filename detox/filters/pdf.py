@@ -1,6 +1,7 @@
 """PDF attachments: rasterized to an image-only PDF (default) or sanitized in place, in the sandbox.
 
-The work is done by :mod:`detox.converters.pdf` in a sandboxed child; this filter only builds the
+The work is done by :mod:`detox.sandbox.inside.converters.pdf` in a sandboxed child; this filter only
+builds the
 arguments, reads the answer back and turns it into a verdict. A file that needs a password is held
 (reason ``encrypted``), one over the page or size caps is held (``limit-exceeded``), anything else
 that goes wrong raises and the runner holds the part.
@@ -31,16 +32,15 @@ fonts-noto-cjk; bubblewrap shows /usr read-only inside). Without one such text i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.errors import SandboxError
-from detox.filters.base import Filter, FilterContext
+from detox.filters.sandboxed import Answer, SandboxCall, SandboxedFilter
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.sandbox.base import Limits
 from detox.sandbox.contract import PDF_HELD_REASONS as HELD_REASONS
-from detox.sandbox.contract import unpack_result
 
 PDF_TYPES = frozenset({"application/pdf"})
 _MIB = 1024 * 1024
@@ -65,73 +65,47 @@ def _pdf_name(untrusted_filename: str | None) -> str:
     return base if base.lower().endswith(".pdf") else base + ".pdf"
 
 
-class PdfFilter(Filter):
+class PdfFilter(SandboxedFilter[PdfOptions]):
     """Attachments whose bytes are a PDF (libmagic), whatever they were declared as."""
 
     name: ClassVar[str] = "pdf"
-    Options: ClassVar[type[BaseModel]] = PdfOptions
+    converter: ClassVar[str] = "pdf"
+    converter_reasons: ClassVar[frozenset[str]] = HELD_REASONS
+    opens: ClassVar[str] = "PDF attachments"
+    reasons: ClassVar[tuple[str, ...]] = ("encrypted", "limit-exceeded")
+    notes: ClassVar[tuple[str, ...]] = ("pdf-rasterized", "pdf-sanitized")
+    # It claims by the detected type: a PDF declared as text/plain or text/html is still a PDF.
+    runs_before: ClassVar[tuple[str, ...]] = ("html", "text-attachment")
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.ATTACHMENT and part.detected_type in PDF_TYPES
 
-    def converter_args(self) -> dict[str, Any]:
-        assert isinstance(self.options, PdfOptions)
-        return self.options.model_dump()
+    def sandbox_timeout(self, timeout_s: float) -> float:
+        return max(1.0, timeout_s * 0.9)
 
-    def limits(self, ctx: FilterContext) -> Limits:
-        assert isinstance(self.options, PdfOptions)
+    def limits(self, call: SandboxCall) -> Limits:
         # The sandbox kills the child before the runner's own deadline fires, so a slow file ends
         # as a SandboxTimeout with its process group gone.
-        timeout = ctx.config.filter_settings(self.name).timeout_s
+        sandbox = call.ctx.config.sandbox
         return Limits(
-            timeout_s=max(1.0, timeout * 0.9),
-            cpu_s=ctx.config.sandbox.cpu_s,
-            memory_bytes=ctx.config.sandbox.memory_mb * _MIB,
+            timeout_s=self.sandbox_timeout(call.timeout_s),
+            cpu_s=sandbox.cpu_s,
+            memory_bytes=sandbox.memory_mb * _MIB,
             max_output_bytes=self.options.max_output_bytes + 4 * _MIB,
         )
 
-    def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        assert isinstance(self.options, PdfOptions)
-        if ctx.sandbox is None:
-            raise SandboxError("no sandbox configured: PDF attachments are not converted in-process")
-        raw = ctx.sandbox.run("pdf", part.payload, self.converter_args(), self.limits(ctx))
-        try:
-            header, pdf = unpack_result(raw)
-        except ValueError as exc:
-            raise SandboxError(f"pdf converter answered something unreadable: {exc}") from None
-        mode = self.options.mode
-        if header.get("mode") != mode:
-            raise SandboxError("pdf converter answered for another mode")
-        status = header.get("status")
-        if status == "held":
-            reason = header.get("reason")
-            if reason not in HELD_REASONS:
-                raise SandboxError("pdf converter held the file for an unknown reason")
-            return Verdict(Action.HOLD, reason=str(reason))
-        if status != "ok":
-            raise SandboxError("pdf converter answered an unknown status")
-        pages = header.get("pages")
+    def expected_header(self, call: SandboxCall) -> Mapping[str, object]:
+        return {"mode": self.options.mode}
+
+    def converted(self, call: SandboxCall, answer: Answer) -> Verdict:
+        pages, pdf = answer.header.get("pages"), answer.data
         if not (isinstance(pages, int) and pages >= 1) or not pdf.startswith(b"%PDF-"):
-            raise SandboxError("pdf converter produced no PDF")
-        removed = _counts(header.get("removed"))
-        note = "pdf-sanitized" if mode == "sanitize" else "pdf-rasterized"
+            raise self.fault("produced no PDF")
+        removed = self.removed_counts(answer.header.get("removed"))
+        note = "pdf-sanitized" if self.options.mode == "sanitize" else "pdf-rasterized"
         return Verdict(
             Action.REPLACE,
-            output=Output("application/pdf", pdf, _pdf_name(part.untrusted_filename)),
+            output=Output("application/pdf", pdf, _pdf_name(call.part.untrusted_filename)),
             removed=removed,
             notes=(note,),
         )
-
-
-def _counts(value: object) -> dict[str, int]:
-    if not isinstance(value, dict):
-        raise SandboxError("pdf converter answered no removed counts")
-    counts: dict[str, int] = {}
-    for key, count in value.items():
-        if not (isinstance(key, str) and len(key) <= 40 and key.replace("-", "").isalnum()):
-            raise SandboxError("pdf converter answered a malformed removed kind")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise SandboxError("pdf converter answered a malformed removed count")
-        if count:
-            counts[key] = count
-    return counts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from detox.filters.base import Filter, FilterContext
+from detox.filters.base import Filter, FilterContext, NoOptions
 from detox.pipeline.model import Action, Part, Verdict
 
 SIGNATURE_TYPES = frozenset(
@@ -16,10 +16,12 @@ SIGNATURE_TYPES = frozenset(
 )
 
 
-class SignatureFilter(Filter):
+class SignatureFilter(Filter[NoOptions]):
     """Dropped and named in the notice; the original (with its signature) is kept."""
 
     name: ClassVar[str] = "signature"
+    reasons: ClassVar[tuple[str, ...]] = ("signature",)
+    notes: ClassVar[tuple[str, ...]] = ("signature-removed",)
 
     def applies_to(self, part: Part) -> bool:
         return part.declared_type in SIGNATURE_TYPES

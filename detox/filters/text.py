@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detox.filters.base import Filter, FilterContext
+from detox.filters.base import Filter, FilterContext, NoOptions
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.text.charset import Decoded, decode_body
 from detox.text.enriched import enriched_to_text, richtext_to_text
@@ -75,10 +75,11 @@ def _text_name(untrusted_filename: str | None, suffix: str) -> str:
     return base if base.lower().endswith(suffix) else base + suffix
 
 
-class PlainFilter(Filter):
+class PlainFilter(Filter[NoOptions]):
     """text/plain body parts: decoded to Unicode (label, then detection)."""
 
     name: ClassVar[str] = "plain"
+    reasons: ClassVar[tuple[str, ...]] = ("not-text",)
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.BODY and part.declared_type == "text/plain"
@@ -91,10 +92,11 @@ class PlainFilter(Filter):
         return Verdict(Action.TEXT, text=decoded.text, charset=decoded.charset)
 
 
-class EnrichedFilter(Filter):
+class EnrichedFilter(Filter[NoOptions]):
     """text/enriched and text/richtext bodies: formatting commands dropped, the text kept."""
 
     name: ClassVar[str] = "enriched"
+    notes: ClassVar[tuple[str, ...]] = ("enriched-converted",)
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.BODY and part.declared_type in ENRICHED_TYPES
@@ -107,10 +109,11 @@ class EnrichedFilter(Filter):
         )
 
 
-class HtmlFilter(Filter):
+class HtmlFilter(Filter[NoOptions]):
     """text/html: converted to readable text. Body parts join the body; attachments become .txt."""
 
     name: ClassVar[str] = "html"
+    notes: ClassVar[tuple[str, ...]] = ("html-attachment-converted", "html-converted", "urls-defanged")
 
     def applies_to(self, part: Part) -> bool:
         return part.declared_type in HTML_TYPES
@@ -143,10 +146,11 @@ class HtmlFilter(Filter):
         )
 
 
-class RtfFilter(Filter):
+class RtfFilter(Filter[NoOptions]):
     """RTF bodies (text/rtf): the text only; objects and pictures never pass."""
 
     name: ClassVar[str] = "rtf"
+    notes: ClassVar[tuple[str, ...]] = ("rtf-converted",)
 
     def applies_to(self, part: Part) -> bool:
         return part.role is Role.BODY and part.declared_type in RTF_TYPES
@@ -162,11 +166,12 @@ class TextAttachmentOptions(BaseModel):
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
 
 
-class TextAttachmentFilter(Filter):
+class TextAttachmentFilter(Filter[TextAttachmentOptions]):
     """text/plain and text/csv attachments: re-encoded as UTF-8 when the bytes really are text."""
 
     name: ClassVar[str] = "text-attachment"
-    Options: ClassVar[type[BaseModel]] = TextAttachmentOptions
+    reasons: ClassVar[tuple[str, ...]] = ("limit-exceeded", "not-text")
+    notes: ClassVar[tuple[str, ...]] = ("text-reencoded",)
     # Text is inert: already-UTF-8 input re-encodes to the same bytes, and that is fine.
     may_pass_unchanged: ClassVar[bool] = True
 
@@ -174,7 +179,6 @@ class TextAttachmentFilter(Filter):
         return part.role is Role.ATTACHMENT and part.declared_type in TEXT_ATTACHMENT_TYPES
 
     def process(self, part: Part, ctx: FilterContext) -> Verdict:
-        assert isinstance(self.options, TextAttachmentOptions)
         if part.size > self.options.max_bytes:
             return Verdict(Action.HOLD, reason="limit-exceeded")
         decoded = decode_body(part.payload, part.charset_label)

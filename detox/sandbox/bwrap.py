@@ -48,7 +48,7 @@ from detox.errors import SandboxError
 from detox.sandbox import contract
 from detox.sandbox.base import Limits
 from detox.sandbox.process import ChildProcessSandbox, child_command
-from detox.sandbox.spawn import Launch, child_env, python_executable
+from detox.sandbox.spawn import Launch, child_env, plugin_converter_roots, python_executable
 from detox.sandbox.zygote import zygote_command
 
 SANDBOX_UID = 65534  # nobody
@@ -114,8 +114,9 @@ def python_paths() -> list[str]:
     Derived at run time from this very interpreter, so a pyenv build with a venv and an editable
     install, a venv in /opt/detox and Debian's /usr/bin/python3 all work: the prefixes, the stdlib and
     site-packages directories, the interpreter binary's directory and the ``detox`` package directory,
-    each both as named and with symlinks resolved; and the packages of plugin converters
-    (:func:`plugin_converter_paths`). Directories inside another one are dropped.
+    each both as named and with symlinks resolved; and the packages of plugin converters and the import
+    roots that hold their metadata (:func:`plugin_converter_paths`,
+    :func:`~detox.sandbox.spawn.plugin_converter_roots`). Directories inside another one are dropped.
     """
     candidates: list[str] = [
         sys.prefix,
@@ -130,7 +131,7 @@ def python_paths() -> list[str]:
     candidates += [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
     with contextlib.suppress(AttributeError):  # old virtualenv's site.py lacks it
         candidates += site.getsitepackages()
-    candidates += plugin_converter_paths()
+    candidates += plugin_converter_paths() + plugin_converter_roots()
     expanded: set[str] = set()
     for path in candidates:
         if path:

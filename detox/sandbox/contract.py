@@ -43,6 +43,9 @@ OFFICE_HOST_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(wire.__file__)
 ENTRY_POINT_GROUP = "detox.converters"
 BUILTIN_CONVERTERS = ("archive", "image", "office", "pdf", "selftest")
 valid_converter_name = wire.valid_module_name  # [a-z][a-z_]*, at most 64 characters
+# The child runs with ``-I`` (no PYTHONPATH, no user site): the host hands it, in this variable, the
+# import roots of installed plugin converters (os.pathsep-separated), which it appends to sys.path.
+CONVERTER_PATH_ENV = "DETOX_CONVERTER_PATH"
 
 # -- framing and its limits ---------------------------------------------------------------------------
 
@@ -65,6 +68,7 @@ FDS_PER_REQUEST = wire.FDS_PER_REQUEST
 
 
 unpack_result = wire.unpack_result  # (header, payload) of a converter's answer; ValueError if not one
+pack_result = wire.pack_result  # a converter's answer, as a plugin converter inside the sandbox writes it
 
 
 def unpack_archive_result(raw: bytes) -> tuple[dict[str, Any], bytes]:

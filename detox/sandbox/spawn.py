@@ -23,11 +23,14 @@ import os
 import resource
 import selectors
 import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import IO, Any
 
 from detox.errors import SandboxError, SandboxTimeout
@@ -57,7 +60,7 @@ class Launch:
 
 def child_env(home: str) -> dict[str, str]:
     """The whole environment the child gets: nothing is inherited from the server."""
-    return {
+    env = {
         "PATH": SAFE_PATH,
         "HOME": home,
         "TMPDIR": home,
@@ -66,6 +69,27 @@ def child_env(home: str) -> dict[str, str]:
         # converter may start itself. PYTHONHASHSEED is deliberately not pinned (see the report/README).
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    roots = plugin_converter_roots()
+    if roots:
+        env[contract.CONVERTER_PATH_ENV] = os.pathsep.join(roots)
+    return env
+
+
+def plugin_converter_roots() -> list[str]:
+    """The import roots (sys.path entries holding the distribution) of plugin converters registered in
+    the ``detox.converters`` entry points and installed outside this interpreter's own paths (e.g. with
+    ``pip install --target`` on PYTHONPATH), which the child, run with ``-I``, would not see."""
+    own = {os.path.realpath(p) for p in sysconfig.get_paths().values()}
+    with contextlib.suppress(AttributeError):  # old virtualenv's site.py lacks it
+        own.update(os.path.realpath(p) for p in site.getsitepackages())
+    roots: list[str] = []
+    for entry in entry_points(group=contract.ENTRY_POINT_GROUP):
+        if entry.name in contract.BUILTIN_CONVERTERS or entry.dist is None:
+            continue
+        root = os.path.abspath(str(entry.dist.locate_file("")))
+        if os.path.isdir(root) and os.path.realpath(root) not in own and root not in roots:
+            roots.append(root)
+    return roots
 
 
 def python_executable() -> str:

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 
 from detox.audit import AuditLog
-from detox.config.loader import DeliverTo, load_config, parse_deliver_to
+from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.errors import ConfigError
+from detox.pipeline.registry import load_validated_config
 from detox.serve.delivery import DeliveryRunner
 from detox.serve.detoxify import DetoxRunner
 from detox.smtp.server import tls_context
@@ -85,7 +86,7 @@ class Reloader:
 
     async def _reload(self, source: str) -> tuple[bool, str]:
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(load_validated_config, self.config_path)
             tls = await asyncio.to_thread(tls_context, new)  # reads the certificate and key files
             deliver_to: DeliverTo = (
                 self.delivery.deliver_to

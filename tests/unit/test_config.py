@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +14,9 @@ from pydantic import ValidationError
 from detox.config import load_config
 from detox.config.loader import parse_deliver_to, parse_listen
 from detox.errors import ConfigError
+from detox.filters.base import Filter, FilterContext
+from detox.pipeline.model import Part, Verdict
+from detox.pipeline.registry import available_filters, check_order, load_validated_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_config_is_valid() -> None:
-    config = load_config(REPO / "config" / "detox.toml")
+    config = load_validated_config(REPO / "config" / "detox.toml")
     assert config.server.listen == "127.0.0.1:2525"
     assert config.server.accepted_domains == ("city.example.lg.jp",)
     assert config.delivery.deliver_to == "maildir:var/maildir"
@@ -63,7 +68,7 @@ def test_bad_enum_value(tmp_path: Path) -> None:
 def test_unknown_filter_in_order(tmp_path: Path) -> None:
     path = write(tmp_path, "[pipeline]\norder = ['html', 'pdff']\n")
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_validated_config(path)
     assert err.value.key == "pipeline.order[1]"
     assert "pdff" in str(err.value)
 
@@ -71,20 +76,20 @@ def test_unknown_filter_in_order(tmp_path: Path) -> None:
 def test_duplicate_filter_in_order(tmp_path: Path) -> None:
     path = write(tmp_path, "[pipeline]\norder = ['html', 'html']\n")
     with pytest.raises(ConfigError, match="twice"):
-        load_config(path)
+        load_validated_config(path)
 
 
 def test_unknown_filter_option(tmp_path: Path) -> None:
     path = write(tmp_path, "[filters.text-attachment]\noptions = { max_byte = 3 }\n")
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_validated_config(path)
     assert err.value.key == "filters.text-attachment.options.max_byte"
 
 
 def test_unknown_filter_section(tmp_path: Path) -> None:
     path = write(tmp_path, "[filters.nosuch]\ntimeout_s = 3\n")
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_validated_config(path)
     assert err.value.key == "filters.nosuch"
 
 
@@ -214,3 +219,114 @@ def test_check_config_tries_the_sandbox(tmp_path: Path) -> None:
     result = run_cli("check-config", str(dev))
     assert result.returncode == 0
     assert "reachable from inside the sandbox" in result.stderr and "development only" in result.stderr
+
+
+# -- the pipeline's checks: run by the loader as a callback; config imports nothing of the pipeline --
+
+
+def test_order_that_breaks_a_declared_constraint_is_refused(tmp_path: Path) -> None:
+    """office declares runs_before = ("archive", ...): an OOXML file is a zip."""
+    path = write(tmp_path, "[pipeline]\norder = ['image', 'archive', 'office', 'html']\n")
+    with pytest.raises(ConfigError) as err:
+        load_validated_config(path)
+    assert err.value.file == str(path)
+    assert err.value.key == "pipeline.order[2]"
+    assert "'office' must come before 'archive'" in err.value.problem
+
+
+def test_order_constraints_apply_only_between_listed_filters(tmp_path: Path) -> None:
+    config = load_validated_config(write(tmp_path, "[pipeline]\norder = ['archive', 'plain']\n"))
+    assert config.pipeline.order == ("archive", "plain")
+
+
+def test_runs_after_is_checked_too() -> None:
+    class Late(Filter):
+        name: ClassVar[str] = "late"
+        runs_after: ClassVar[tuple[str, ...]] = ("plain",)
+
+        def applies_to(self, part: Part) -> bool:
+            return False
+
+        def process(self, part: Part, ctx: FilterContext) -> Verdict:
+            raise NotImplementedError
+
+    known = {**available_filters(), "late": Late}
+    check_order(("plain", "late"), known, "f.toml")
+    with pytest.raises(ConfigError) as err:
+        check_order(("late", "html", "plain"), known, "f.toml")
+    assert err.value.key == "pipeline.order[0]"
+    assert "'late' must come after 'plain'" in str(err.value)
+
+
+def test_shipped_order_keeps_every_declared_constraint() -> None:
+    order = load_config(REPO / "config" / "detox.toml").pipeline.order
+    check_order(order, available_filters(), "config/detox.toml")
+    assert order.index("office") < order.index("archive")
+
+
+def test_config_alone_leaves_filter_checks_to_the_pipeline(tmp_path: Path) -> None:
+    """Without the pipeline's callback the loader checks only what config owns."""
+    path = write(tmp_path, "[pipeline]\norder = ['nosuch']\n[filters.nosuch]\noptions = { x = 1 }\n")
+    assert load_config(path).pipeline.order == ("nosuch",)
+    with pytest.raises(ConfigError, match="unknown filter 'nosuch'"):
+        load_validated_config(path)
+
+
+def test_first_problem_is_the_same_with_the_callback(tmp_path: Path) -> None:
+    """The pipeline's checks run where they always ran: after the URLs, before TLS."""
+    filter_and_tls = write(tmp_path, "[server]\nrequire_tls = true\n[pipeline]\norder = ['nosuch']\n")
+    with pytest.raises(ConfigError) as err:
+        load_validated_config(filter_and_tls)
+    assert err.value.key == "pipeline.order[0]"
+    url_and_filter = write(tmp_path, "[server]\nlisten = 'nope'\n[pipeline]\norder = ['nosuch']\n")
+    with pytest.raises(ConfigError) as err:
+        load_validated_config(url_and_filter)
+    assert err.value.key == "server.listen"
+
+
+def test_check_config_cli_reports_a_broken_order_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pipeline]\norder = ['archive', 'office']\n")
+    result = run_cli("check-config", "--no-sandbox", str(path))
+    assert result.returncode == 2
+    assert f"{path}: pipeline.order[1]: filter 'office' must come before 'archive'" in result.stderr
+
+
+def test_check_config_cli_reports_filter_and_policy_problems_exit_2(tmp_path: Path) -> None:
+    for text, key in (
+        ("[pipeline]\norder = ['pdff']\n", "pipeline.order[0]"),
+        ("[filters.pdf]\noptions = { mode = 'flatten' }\n", "filters.pdf.options.mode"),
+        ("[[policy.rules]]\naction = 'pdf:shred'\n", "policy.rules[0].action"),
+    ):
+        path = write(tmp_path, text)
+        result = run_cli("check-config", "--no-sandbox", str(path))
+        assert result.returncode == 2, text
+        assert f"{path}: {key}:" in result.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_config_is_a_leaf() -> None:
+    """config/ imports nothing of the pipeline or the filters, not even late inside a function;
+    and loading a file pulls neither in."""
+    for path in sorted((REPO / "detox" / "config").glob("*.py")):
+        bad = {m for m in _imports(path) if m.startswith(("detox.pipeline", "detox.filters"))}
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+    code = (
+        "import sys\n"
+        "from detox.config import load_config\n"
+        "load_config('config/detox.toml')\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('detox.pipeline', 'detox.filters')))\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -1263,11 +1263,16 @@ def test_options_are_strict_and_hyperlinks_follow_the_body_policy() -> None:
         OfficeOptions.model_validate({"max_members": 0})
     with pytest.raises(ValidationError):
         OfficeOptions.model_validate({"macros": "keep"})
-    defanging = FilterContext("Q", "example.jp", CONFIG, defang_urls=True)
-    exempt = FilterContext("Q", "example.jp", CONFIG, defang_urls=False)
-    assert FILTER.converter_args(defanging)["hyperlinks"] == "unlink"
-    assert FILTER.converter_args(exempt)["hyperlinks"] == "keep"
-    assert OfficeFilter(OfficeOptions(hyperlinks="keep")).converter_args(defanging)["hyperlinks"] == "keep"
+    defanging = FilterContext("Q", "example.jp", CONFIG, defang_urls=True, sandbox=_FakeSandbox(b""))
+    exempt = FilterContext("Q", "example.jp", CONFIG, defang_urls=False, sandbox=_FakeSandbox(b""))
+    part = make_part(_ZIP, "report.docx")
+
+    def converter_args(flt: OfficeFilter, ctx: FilterContext) -> dict[str, Any]:
+        return flt.converter_args(flt.begin(part, ctx))
+
+    assert converter_args(FILTER, defanging)["hyperlinks"] == "unlink"
+    assert converter_args(FILTER, exempt)["hyperlinks"] == "keep"
+    assert converter_args(OfficeFilter(OfficeOptions(hyperlinks="keep")), defanging)["hyperlinks"] == "keep"
 
 
 def test_wire_format_round_trip_and_malformed_results() -> None:

@@ -887,8 +887,9 @@ def test_limits_follow_the_config() -> None:
     config = DetoxConfig.model_validate(
         {"filters": {"pdf": {"timeout_s": 20}}, "sandbox": {"memory_mb": 1024, "cpu_s": 15}}
     )
-    ctx = FilterContext("q", "example.jp", config)
-    limits = _filter(max_output_bytes=10 * 1024 * 1024).limits(ctx)
+    ctx = FilterContext("q", "example.jp", config, sandbox=_Answering(b""))
+    flt = _filter(max_output_bytes=10 * 1024 * 1024)
+    limits = flt.limits(flt.begin(_part(b"%PDF-1.7"), ctx))
     assert limits.timeout_s == pytest.approx(18.0)
     assert limits.cpu_s == 15 and limits.memory_bytes == 1024 * 1024 * 1024
     assert limits.max_output_bytes > 10 * 1024 * 1024

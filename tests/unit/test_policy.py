@@ -17,6 +17,7 @@ from detox.envelope import Envelope
 from detox.errors import ConfigError
 from detox.pipeline.model import Part, Role
 from detox.pipeline.policy import type_mismatch
+from detox.pipeline.registry import load_validated_config
 from detox.pipeline.runner import DetoxResult, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def test_policy_config_errors_name_file_and_key(tmp_path: Path, rule: str, key: 
     path = tmp_path / "detox.toml"
     path.write_text(f"[[policy.rules]]\n{rule}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_validated_config(path)
     assert err.value.file == str(path)
     assert err.value.key == key
     assert problem in str(err.value)

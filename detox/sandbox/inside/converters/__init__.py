@@ -35,6 +35,7 @@ def load(name: str) -> Callable[[bytes, dict[str, Any]], Any]:
     """The ``main`` of converter ``name``; ModuleNotFoundError when no converter has that name."""
     if name in contract.BUILTIN_CONVERTERS:
         return _main_of(importlib.import_module(f"{__name__}.{name}"), name)
+    _add_plugin_roots()
     target = _registered(name)
     if target is None:
         raise ModuleNotFoundError(
@@ -64,6 +65,17 @@ def _main_of(module: Any, name: str) -> Callable[[bytes, dict[str, Any]], Any]:
     if not callable(main):
         raise TypeError(f"{module.__name__} has no main(data, args)")
     return main  # type: ignore[no-any-return]
+
+
+def _add_plugin_roots() -> None:
+    """The import roots of plugin converters the host handed over (``-I`` ignores PYTHONPATH), after
+    everything else on sys.path, so a plugin can never shadow the standard library or detox."""
+    import os
+    import sys
+
+    for root in os.environ.get(contract.CONVERTER_PATH_ENV, "").split(os.pathsep):
+        if root and os.path.isabs(root) and root not in sys.path:
+            sys.path.append(root)
 
 
 def _registered(name: str) -> str | None:
