@@ -38,7 +38,7 @@ from detox.config.schema import DetoxConfig
 from detox.errors import NotFoundError, RefusedError, StoreError
 from detox.notice import human_size
 from detox.pipeline.compose import serialize, set_header
-from detox.pipeline.runner import _decode_encapsulated, parse_message
+from detox.pipeline.parse import decode_encapsulated, parse_message
 from detox.spool import DeliveryState, RecipientState, Spool, new_queue_id, valid_queue_id
 from detox.store import Store
 from detox.text.headers import decode_header_value
@@ -226,7 +226,7 @@ def _nodes(msg: Message, depth: int = 0) -> Iterator[Message]:
                 cte = str(msg.get("Content-Transfer-Encoding", "")).strip().lower()
                 if cte in ("base64", "quoted-printable"):
                     try:
-                        child = _decode_encapsulated(child, cte)
+                        child = decode_encapsulated(child, cte)
                     except Exception:  # noqa: BLE001, S112 - undecodable: its raw form is searched instead
                         continue
             yield from _nodes(child, depth + 1)

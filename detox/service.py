@@ -36,6 +36,7 @@ from detox.delivery.base import Outcome, Status
 from detox.delivery.retry import backoff, next_attempt
 from detox.dsn import FailedRecipient, bounce_block, build_dsn, enhanced_status, header_section
 from detox.errors import ConfigError, SpoolCorrupt, SpoolError, StoreError
+from detox.pipeline.report import MessageReport
 from detox.smtp.handler import Backlog, Handler, RefusalLog
 from detox.smtp.server import SessionGate, start_listener, tls_context
 from detox.spool import (
@@ -454,7 +455,7 @@ class Service:
             return None
         return self.spool.begin_attempt(queue_id)
 
-    async def _run_job(self, queue_id: str, *, solo: bool) -> tuple[dict[str, Any], DeliveryState]:
+    async def _run_job(self, queue_id: str, *, solo: bool) -> tuple[MessageReport, DeliveryState]:
         loop = asyncio.get_running_loop()
         if solo:
             if self._solo is None:
@@ -476,7 +477,7 @@ class Service:
             self._replace_broken(executor)
             raise _MessageTimeout
         try:
-            result: tuple[dict[str, Any], DeliveryState] = future.result()
+            result: tuple[MessageReport, DeliveryState] = future.result()
         except BrokenProcessPool:
             self._replace_broken(executor)
             raise
@@ -543,7 +544,7 @@ class Service:
             )
         self._pipeline.at(queue_id, when)
 
-    def _handoff(self, queue_id: str, report: dict[str, Any]) -> bytes | None:
+    def _handoff(self, queue_id: str, report: MessageReport) -> bytes | None:
         """Index, audit, then release the incoming entry (in that order); the message if small.
 
         The worker wrote the message and its delivery state already (fsync'd); they become live
@@ -556,16 +557,16 @@ class Service:
         self.audit.write(
             "detoxified",
             queue_id,
-            original_sha256=report["message"]["sha256"],
-            size=report["message"]["size"],
-            header_from=report["message"]["from"],
-            subject=report["message"]["subject"],
-            message_id=report["message"]["message_id"],
-            defects=report["message"]["defects"],
-            parts=report["parts"],
-            actions=report["actions"],
-            urls_defanged=report["urls_defanged"],
-            output_sha256=report["output_sha256"],
+            original_sha256=report.message.sha256,
+            size=report.message.size,
+            header_from=report.message.header_from,
+            subject=report.message.subject,
+            message_id=report.message.message_id,
+            defects=list(report.message.defects),
+            parts=report.parts_json(),
+            actions=report.actions,
+            urls_defanged=report.urls_defanged,
+            output_sha256=report.output_sha256,
         )
         self.spool.finish_incoming(queue_id)
         # The message goes to delivery next: read it now, in this thread, while it is in the page

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ctypes
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from detox.config.schema import DetoxConfig
+from detox.envelope import Envelope
+from detox.pipeline.report import MessageReport, PartReport
 from detox.pipeline.runner import Pipeline
 from detox.spool import DeliveryState, RecipientState, Spool
 from detox.store import Store
@@ -36,35 +38,35 @@ EXECUTABLE_TYPES = frozenset(
 )
 
 
-def held_reasons(parts: list[dict[str, Any]]) -> set[str]:
+def held_reasons(parts: Sequence[PartReport]) -> set[str]:
     """Reasons of the held parts (archive members included), for the DSN decision."""
     reasons = set()
     for part in parts:
-        if part.get("action") != "hold":
+        if part.action != "hold":
             continue
-        reasons.add(str(part.get("reason")))
-        if part.get("detected_type") in EXECUTABLE_TYPES:
+        reasons.add(part.reason)
+        if part.detected_type in EXECUTABLE_TYPES:
             reasons.add("executable")
     return reasons
 
 
-def _received_at(envelope: dict[str, Any]) -> float:
+def _received_at(envelope: Envelope) -> float:
     try:
-        return datetime.fromisoformat(str(envelope.get("received_at"))).timestamp()
+        return datetime.fromisoformat(envelope.received_at).timestamp()
     except ValueError:
         return time.time()
 
 
-def initial_state(queue_id: str, report: dict[str, Any]) -> DeliveryState:
+def initial_state(queue_id: str, report: MessageReport) -> DeliveryState:
     """The delivery state of a freshly detoxified message: every recipient pending."""
-    env = report["envelope"]
+    env = report.envelope
     return DeliveryState(
         queue_id=queue_id,
-        mail_from=env["mail_from"],
-        recipients={r: RecipientState() for r in env["rcpt_tos"]},
+        mail_from=env.mail_from,
+        recipients={r: RecipientState() for r in env.rcpt_tos},
         received_at=_received_at(env),
-        original_sha256=report["message"]["sha256"],
-        held_reasons=tuple(sorted(held_reasons(report["parts"]))),
+        original_sha256=report.message.sha256,
+        held_reasons=tuple(sorted(held_reasons(report.parts))),
     )
 
 
@@ -105,7 +107,7 @@ def ready() -> bool:
     return _state is not None
 
 
-def detoxify_spooled(queue_id: str) -> tuple[dict[str, Any], DeliveryState]:
+def detoxify_spooled(queue_id: str) -> tuple[MessageReport, DeliveryState]:
     """Detoxify one spooled message; return its report and first delivery state. Raises to let the
     parent retry.
 
@@ -115,7 +117,7 @@ def detoxify_spooled(queue_id: str) -> tuple[dict[str, Any], DeliveryState]:
     assert _state is not None, "init_worker was not called"
     envelope, raw = _state.spool.read_incoming(queue_id)
     result = _state.pipeline.run(raw, envelope)
-    _state.store.put_original(result.report["message"]["sha256"], raw)
+    _state.store.put_original(result.report.message.sha256, raw)
     state = initial_state(queue_id, result.report)
     _state.spool.write_outgoing(state, result.output)
     return result.report, state

@@ -18,9 +18,9 @@ from PIL import Image, PngImagePlugin
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.filters.base import Filter, FilterContext
+from detox.pipeline import DetoxResult, Pipeline
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.pipeline.registry import available_filters, build_pipeline
-from detox.pipeline.runner import DetoxResult, Pipeline
 
 ENV = Envelope(
     "0190000000000ABC", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx.example.jp"
@@ -283,7 +283,7 @@ def test_report_is_json_and_complete() -> None:
     Image.new("RGB", (32, 16), (200, 30, 30)).save(buf, "PNG", pnginfo=_png_text("Author", "someone"))
     msg.add_attachment(buf.getvalue(), maintype="image", subtype="png", filename="図.png")
     result, _ = run(msg)
-    report = json.loads(json.dumps(result.report, ensure_ascii=False))
+    report = json.loads(result.report.to_json())
     assert report["queue_id"] == ENV.queue_id
     assert report["message"]["subject"] == "お知らせ"
     part = next(p for p in report["parts"] if p["filename"] == "図.png")
@@ -469,7 +469,7 @@ def test_inner_deadline_does_not_cancel_the_outer_one() -> None:
     import time
 
     from detox.errors import FilterTimeout
-    from detox.pipeline.runner import deadline
+    from detox.pipeline.deadline import deadline
 
     started = time.monotonic()
     with pytest.raises(FilterTimeout), deadline(0.3):
@@ -483,7 +483,7 @@ def test_inner_deadline_never_outlives_the_outer_one() -> None:
     import time
 
     from detox.errors import FilterTimeout
-    from detox.pipeline.runner import deadline
+    from detox.pipeline.deadline import deadline
 
     started = time.monotonic()
     with pytest.raises(FilterTimeout), deadline(0.3):

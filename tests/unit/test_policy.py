@@ -44,7 +44,7 @@ def run(config: DetoxConfig, raw: bytes, sender: str = "a@partner.example.jp") -
 
 
 def attachment_record(result: DetoxResult) -> dict[str, object]:
-    return next(p for p in result.report["parts"] if p["role"] == "attachment")
+    return next(p for p in result.report.parts_json() if p["role"] == "attachment")
 
 
 def part(name: str, declared: str, detected: str) -> Part:

@@ -61,10 +61,10 @@ class Gateway:
     ) -> dict[str, Any]:
         env = Envelope(new_queue_id(), sender, rcpts, "192.0.2.7", "mx.vendor.example.com", received_at)
         result = self.pipeline.run(raw, env)
-        self.store.put_original(result.report["message"]["sha256"], raw)
+        self.store.put_original(result.report.message.sha256, raw)
         self.store.index(result.report, self.config.storage.retention_days)
-        self.audit.write("detoxified", env.queue_id, parts=result.report["parts"])
-        return result.report
+        self.audit.write("detoxified", env.queue_id, parts=result.report.parts_json())
+        return result.report.as_dict()
 
 
 @pytest.fixture
