@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email
 import email.policy
 import io
 import json
+import pickle
 import time
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -293,6 +295,41 @@ def test_report_is_json_and_complete() -> None:
     assert part["action"] == "replace" and part["filter"] == "image"
     assert part["output_sha256"] and part["output_sha256"] != part["sha256"]
     assert report["output_sha256"]
+
+
+def test_report_is_typed_frozen_and_crosses_the_worker_pipe() -> None:
+    msg = base()
+    msg.set_content("本文")
+    result, _ = run(msg)
+    report = result.report
+    assert report.message.subject == "お知らせ" and report.envelope == ENV
+    assert [p.part_id for p in report.parts] == [r.part_id for r in result.records]
+    # The JSON keys, in the order scan --report has always written them.
+    assert list(report.as_dict()) == [
+        "queue_id",
+        "message",
+        "envelope",
+        "parts",
+        "urls_defanged",
+        "actions",
+        "output_sha256",
+        "output_size",
+    ]
+    assert list(report.as_dict()["message"]) == [
+        "from",
+        "to",
+        "subject",
+        "message_id",
+        "size",
+        "sha256",
+        "defects",
+    ]
+    assert list(report.parts[0].as_dict()) == list(result.records[0].as_dict())
+    assert report.parts[0].as_dict() == result.records[0].as_dict()
+    assert report.to_json() == json.dumps(report.as_dict(), ensure_ascii=False, indent=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.actions = "x"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(report)) == report  # worker -> serve
 
 
 # -- the filter contract: the runner turns every failure into the configured on_error --------------
