@@ -8,7 +8,11 @@ Rotation keeps one chain: when ``audit.jsonl`` reaches ``audit.rotate_bytes`` it
 ``rotated`` record naming that file, whose ``prev`` is the hash of its last line.
 
 Writers (``serve`` and the admin CLI) serialise on an ``flock`` of a separate lock file that is never
-renamed, so rotation by one process cannot race an append by another.
+renamed, so rotation by one process cannot race an append by another. What a record holds is
+:mod:`detox.audit_events` (one typed event per kind).
+
+Over 500 lines on purpose: writing, reading and verifying are the three sides of one on-disk format
+(the chain across rotated files), and a change to one has to be read against the other two.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ takes effect. The released mail is a new message — a Japanese cover note namin
 reason and the hold ids, with the held part(s) attached as they arrived — written to
 ``spool/released/``; ``serve`` moves it to ``spool/outgoing/`` and delivers it like any other
 message (queued on disk, retried, restart-safe).
+
+Over 500 lines, not split yet: finding a held part's bytes (by hash, through archives) and
+composing the released mail are candidates for modules of their own when the portal issue adds
+its reader; the rest is the admin's one workflow (find, show, approve, release, delete).
 """
 
 from __future__ import annotations

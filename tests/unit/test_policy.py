@@ -15,9 +15,9 @@ from detox.config import load_config
 from detox.config.schema import DetoxConfig, PolicyAction, PolicyActionKind
 from detox.envelope import Envelope
 from detox.errors import ConfigError
+from detox.pipeline import DetoxResult, Pipeline
 from detox.pipeline.model import Part, Role
 from detox.pipeline.policy import type_mismatch
-from detox.pipeline.runner import DetoxResult, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
