@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -127,7 +126,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(output)
         sys.stdout.buffer.flush()
     if args.report:
-        report = json.dumps(result.report, ensure_ascii=False, indent=2) + "\n"
+        report = result.report.to_json() + "\n"
         if args.report == "-":
             sys.stderr.write(report)
         else:

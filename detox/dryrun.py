@@ -119,7 +119,7 @@ _pipeline: Any = None
 
 def _init(config: DetoxConfig) -> None:
     global _pipeline
-    from detox.pipeline.runner import Pipeline
+    from detox.pipeline import Pipeline
 
     logging.getLogger().setLevel(logging.ERROR)  # filter warnings would drown the summary
     _pipeline = Pipeline(config)
@@ -134,8 +134,16 @@ def _decide(item: tuple[str, bytes]) -> dict[str, Any]:
     return {
         "label": label,
         "parts": [
-            {k: p[k] for k in ("part_id", "role", "filename", "detected_type", "filter", "action", "reason")}
-            for p in result.report["parts"]
+            {
+                "part_id": p.part_id,
+                "role": p.role,
+                "filename": p.filename,
+                "detected_type": p.detected_type,
+                "filter": p.filter,
+                "action": p.action,
+                "reason": p.reason,
+            }
+            for p in result.report.parts
         ],
     }
 

@@ -205,5 +205,5 @@ def test_the_notice_lists_what_was_converted_with_both_hashes() -> None:
     assert "・invite.ics（" in notice and "→ invite.ics.txt（予定表をテキストに変換） 除去: alarm=1" in notice
     assert f"SHA-256 元: {record.sha256}" in notice
     assert f"SHA-256 後: {hashlib.sha256(converted.encode('utf-8')).hexdigest()}" in notice
-    assert result.report["parts"][-1]["output_filename"] == "invite.ics.txt"
-    assert result.report["parts"][-1]["conversion"] == "calendar-converted"
+    assert result.report.parts[-1].output_filename == "invite.ics.txt"
+    assert result.report.parts[-1].conversion == "calendar-converted"

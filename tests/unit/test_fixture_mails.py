@@ -13,7 +13,7 @@ import pytest
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
-from detox.pipeline.runner import Pipeline
+from detox.pipeline import Pipeline
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
 ENV = Envelope("019ABCDEF0123456789A", "somebody@example.jp", ("taro@city.example.lg.jp",))

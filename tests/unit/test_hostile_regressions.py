@@ -25,8 +25,9 @@ import pytest
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
+from detox.pipeline import DetoxResult, Pipeline
 from detox.pipeline.compose import serialize, set_header
-from detox.pipeline.runner import DetoxResult, Pipeline, parse_message
+from detox.pipeline.parse import parse_message
 from detox.text.headers import decode_filename
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"

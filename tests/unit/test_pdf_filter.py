@@ -958,7 +958,7 @@ def test_pipeline_replaces_pdf_attachment(mode: str) -> None:
     assert (by_name["fake.pdf"].action, by_name["fake.pdf"].reason) == ("hold", "unsupported-type")
     assert (by_name["locked.pdf"].action, by_name["locked.pdf"].reason) == ("hold", "encrypted")
     assert (by_name["broken.pdf"].action, by_name["broken.pdf"].reason) == ("hold", "filter-error")
-    report = {p["filename"]: p for p in result.report["parts"]}
+    report = {p["filename"]: p for p in result.report.parts_json()}
     assert report["請求書.pdf"]["removed"] == dict(rec.removed)
     assert f"pdf-{mode}d=1" in result.actions
 

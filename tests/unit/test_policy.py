@@ -12,13 +12,13 @@ import pikepdf
 import pytest
 
 from detox.config import load_config
-from detox.config.schema import DetoxConfig
+from detox.config.schema import DetoxConfig, PolicyAction, PolicyActionKind
 from detox.envelope import Envelope
 from detox.errors import ConfigError
+from detox.pipeline import DetoxResult, Pipeline
 from detox.pipeline.model import Part, Role
 from detox.pipeline.policy import type_mismatch
 from detox.pipeline.registry import load_validated_config
-from detox.pipeline.runner import DetoxResult, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def run(config: DetoxConfig, raw: bytes, sender: str = "a@partner.example.jp") -
 
 
 def attachment_record(result: DetoxResult) -> dict[str, object]:
-    return next(p for p in result.report["parts"] if p["role"] == "attachment")
+    return next(p for p in result.report.parts_json() if p["role"] == "attachment")
 
 
 def part(name: str, declared: str, detected: str) -> Part:
@@ -227,3 +227,24 @@ def test_a_script_declared_as_text_never_keeps_a_runnable_name(name: str, crosse
     out = email.message_from_bytes(result.output, policy=email.policy.default)
     assert isinstance(out, EmailMessage)
     assert [a.get_filename() for a in out.iter_attachments()] == [crosses_as]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "name", "mode"),
+    [
+        ("hold", PolicyActionKind.HOLD, "", ""),
+        ("drop", PolicyActionKind.DROP, "", ""),
+        ("default", PolicyActionKind.DEFAULT, "", ""),
+        ("pdf", PolicyActionKind.FILTER, "pdf", ""),
+        ("pdf:sanitize", PolicyActionKind.FILTER, "pdf", "sanitize"),
+        ("hold:x", PolicyActionKind.FILTER, "hold", "x"),  # not a built-in: an (unknown) filter
+    ],
+)
+def test_policy_action_is_parsed_when_the_config_loads(
+    text: str, kind: PolicyActionKind, name: str, mode: str
+) -> None:
+    config = DetoxConfig.model_validate({"policy": {"rules": [{"action": text}]}})
+    action = config.policy.rules[0].action
+    assert (action.kind, action.filter, action.mode, str(action)) == (kind, name, mode, text)
+    assert config.model_dump()["policy"]["rules"][0]["action"] == text  # dumped as written
+    assert action == PolicyAction.parse(text)

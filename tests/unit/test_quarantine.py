@@ -20,10 +20,11 @@ import pytest
 from support.mails import CITY, EXE, mail, ppap_mail, zip_of
 
 from detox.audit import AuditLog, read_records, verify
+from detox.audit_events import Detoxified
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import NotFoundError, RefusedError, SpoolError
-from detox.pipeline.runner import Pipeline
+from detox.pipeline import Pipeline
 from detox.quarantine import HoldRef, Quarantine, parse_ref
 from detox.spool import Spool, new_queue_id
 from detox.store import Store
@@ -61,10 +62,10 @@ class Gateway:
     ) -> dict[str, Any]:
         env = Envelope(new_queue_id(), sender, rcpts, "192.0.2.7", "mx.vendor.example.com", received_at)
         result = self.pipeline.run(raw, env)
-        self.store.put_original(result.report["message"]["sha256"], raw)
+        self.store.put_original(result.report.message.sha256, raw)
         self.store.index(result.report, self.config.storage.retention_days)
-        self.audit.write("detoxified", env.queue_id, parts=result.report["parts"])
-        return result.report
+        self.audit.write(Detoxified.of(env.queue_id, result.report))  # as serve writes it
+        return result.report.as_dict()
 
 
 @pytest.fixture
