@@ -498,8 +498,8 @@ def _first_record_time(files: list[Path]) -> datetime | None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from detox import report
     from detox.audit import chain_files, iter_entries, verify_files
+    from detox.cli import audit_report as report
 
     path = _audit_path(args)
     files = chain_files(path)
@@ -525,7 +525,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def scan_summary(config: DetoxConfig, path: Path, jobs: int, report_file: str | None) -> int:
     """``detox scan --summary``: the policy dry-run over every message under ``path``."""
-    from detox.dryrun import render_summary, summarize
+    from detox.scan import render_summary, summarize
 
     summary = summarize(config, path, jobs)
     sys.stdout.write(render_summary(summary))

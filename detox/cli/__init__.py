@@ -22,8 +22,8 @@ from detox.cli_admin import register, scan_summary
 from detox.cli_queue import register as register_queue
 from detox.config.loader import load_config, parse_deliver_to, parse_listen
 from detox.config.schema import DetoxConfig
-from detox.dryrun import is_multi, scan_envelope
 from detox.errors import ConfigError, DetoxError, NotFoundError, RefusedError
+from detox.scan import is_multi, scan_envelope
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
