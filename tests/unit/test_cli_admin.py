@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from detox.audit import AuditLog
-from detox.cli import EXIT_NOT_FOUND, EXIT_USAGE, main
-from detox.cli_admin import format_record, parse_when
+from detox.cli import ExitCode, main
+from detox.cli.audit import format_record
+from detox.cli.common import parse_when
 
 
 def test_dates_and_datetimes() -> None:
@@ -46,13 +47,13 @@ def config_file(tmp_path: Path) -> Path:
 
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(config_file(tmp_path))
-    assert main(["quarantine", "list", "--config", config]) == EXIT_NOT_FOUND  # no index yet
+    assert main(["quarantine", "list", "--config", config]) == ExitCode.NOT_FOUND  # no index yet
     assert "no detox index" in capsys.readouterr().err
-    assert main(["audit", "verify", "--config", config]) == EXIT_NOT_FOUND
+    assert main(["audit", "verify", "--config", config]) == ExitCode.NOT_FOUND
     with pytest.raises(SystemExit) as exc:
         main(["quarantine", "list", "--since", "yesterday", "--config", config])
-    assert exc.value.code == EXIT_USAGE
-    assert main(["quarantine", "show", "../../etc/passwd", "--config", config]) == EXIT_USAGE
+    assert exc.value.code == ExitCode.USAGE
+    assert main(["quarantine", "show", "../../etc/passwd", "--config", config]) == ExitCode.USAGE
 
 
 def test_verify_and_tail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
