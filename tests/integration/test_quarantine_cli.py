@@ -7,8 +7,6 @@ the audit log records the exception and still verifies.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import os
 import smtplib
@@ -16,12 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.detox_proc import REPO, DetoxProcess
+from support.invariants import parse_output as parsed
 from support.mails import CITY, ppap_mail
 from support.sink import SmtpSink
 
@@ -66,12 +64,6 @@ def wait_delivered(proc: DetoxProcess, queue_id: str, timeout: float = 10) -> No
     while not any(r["event"] == "delivered" and r.get("queue_id") == queue_id for r in audit_records(proc)):
         assert time.monotonic() < deadline, f"no delivered record for {queue_id}"
         time.sleep(0.1)
-
-
-def parsed(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def serve(tmp_path: Path, sink: SmtpSink, **sections: dict[str, Any]) -> DetoxProcess:

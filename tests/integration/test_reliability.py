@@ -29,6 +29,7 @@ import pytest
 from support import free_port
 from support.detox_proc import REPO, DetoxProcess, write_config
 from support.faulty_filter import install_faulty_filter
+from support.invariants import parse_output as parsed
 from support.mails import EXE, mail
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
@@ -114,12 +115,6 @@ def cli(proc: DetoxProcess, *args: str) -> subprocess.CompletedProcess[str]:
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def parsed(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def serve(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.configs import config_file
 
 from detox.audit import AuditLog
 from detox.cli import ExitCode, main
@@ -37,12 +38,6 @@ def test_a_record_on_one_line() -> None:
     )
     assert "detoxified" in line and "held=見積書.zip" in line and "件名" in line
     assert "\x1b" not in line and "prev" not in line
-
-
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "detox.toml"
-    path.write_text(f'[storage]\nstate_dir = "{tmp_path / "var"}"\nfsync = false\n', encoding="utf-8")
-    return path
 
 
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,13 +10,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.pipelines import pipeline_runner
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
-from detox.pipeline.runner import Pipeline
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
 ENV = Envelope("019ABCDEF0123456789A", "somebody@example.jp", ("taro@city.example.lg.jp",))
+run = pipeline_runner(ENV)
 ALLOWED = {"text/plain", "text/csv", "multipart/mixed", "message/rfc822"}
 
 # file → (subject, strings in the body text, strings that must NOT be there, attachment names kept,
@@ -196,10 +197,7 @@ CASES: dict[str, tuple[str, list[str], list[str], list[str], list[str]]] = {
 
 
 def detoxify(name: str, config: DetoxConfig | None = None) -> EmailMessage:
-    result = Pipeline(config or DetoxConfig()).run((FIXTURES / name).read_bytes(), ENV)
-    out = email.message_from_bytes(result.output, policy=email.policy.default)
-    assert isinstance(out, EmailMessage)
-    return out
+    return run.parsed((FIXTURES / name).read_bytes(), config)[1]
 
 
 def test_every_fixture_has_a_case() -> None:

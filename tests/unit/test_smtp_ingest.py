@@ -20,9 +20,9 @@ from typing import Any
 import aiosmtpd
 import pytest
 from aiosmtpd.smtp import SMTP
+from support.configs import make_config
 
 from detox.audit import AuditLog, read_records
-from detox.config.schema import DetoxConfig, LimitsConfig, ServerConfig, StorageConfig
 from detox.smtp import server as server_mod
 from detox.smtp.handler import Backlog, Handler, RefusalLog
 from detox.smtp.server import SessionGate, start_listener
@@ -57,20 +57,12 @@ class Ingest:
         return [r for r in read_records(self.audit.path) if r["event"] == event]
 
 
-def make_config(tmp_path: Path, server: dict[str, Any], limits: dict[str, Any]) -> DetoxConfig:
-    return DetoxConfig(
-        server=ServerConfig(**server),
-        limits=LimitsConfig(**limits),
-        storage=StorageConfig(state_dir=str(tmp_path), fsync=False),
-    )
-
-
 @pytest.fixture
 async def ingest(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Ingest]:
     settings: dict[str, dict[str, Any]] = getattr(request, "param", {})
     server_kw: dict[str, Any] = {"max_message_bytes": 4_000_000, **settings.get("server", {})}
     limits_kw: dict[str, Any] = settings.get("limits", {})
-    config = make_config(tmp_path, server_kw, limits_kw)
+    config = make_config(tmp_path, server=server_kw, limits=limits_kw)
     spool = Spool(tmp_path / "spool", fsync=False)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     backlog = Backlog()
@@ -413,7 +405,7 @@ def _comparable(value: Any, owner: object) -> Any:
 async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: bool) -> None:
     """The per-connection __init__ without introspection sets every attribute as aiosmtpd's does."""
     assert server_mod.LEAN_INIT, f"aiosmtpd {aiosmtpd.__version__}: check DetoxSMTP._lean_init against it"
-    config = make_config(tmp_path, {}, {})
+    config = make_config(tmp_path)
     spool = Spool(tmp_path / "spool", fsync=False)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     refusals = RefusalLog(audit)
@@ -466,7 +458,7 @@ async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: boo
 )
 @pytest.mark.parametrize("local_part_limit", [0, 64])
 async def test_getaddr_parses_as_aiosmtpd_does(tmp_path: Path, arg: str, local_part_limit: int) -> None:
-    config = make_config(tmp_path, {}, {})
+    config = make_config(tmp_path)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     refusals = RefusalLog(audit)
     handler = Handler(lambda: config, Spool(tmp_path / "spool"), audit, Backlog(), refusals, lambda _: None)
