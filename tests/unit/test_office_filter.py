@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 from support.inert import assert_inert, assert_office_clean
-from support.sandboxes import real_sandbox, require_libreoffice
+from support.sandboxes import CannedSandbox, real_sandbox, require_libreoffice
 
 from detox.config.schema import DetoxConfig
 from detox.converters import office as converter
@@ -51,7 +51,7 @@ from detox.filters.office import OfficeFilter, OfficeOptions, output_filename
 from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
-from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.base import Sandbox
 
 with warnings.catch_warnings():  # oletools' pyparsing grammar warns about deprecated names on import
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -1279,19 +1279,6 @@ def test_wire_format_round_trip_and_malformed_results() -> None:
             converter.unpack_result(bad)
 
 
-class _FakeSandbox(Sandbox):
-    """Returns a canned result: checks that the filter does not believe whatever the sandbox says."""
-
-    name = "fake"
-
-    def __init__(self, result: bytes) -> None:
-        self.result = result
-
-    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        assert module == "office"
-        return self.result
-
-
 _ZIP = zip_package({"a.xml": "<a/>"})
 _OK = {"status": "ok", "content_type": WML + "document", "extension": "docx", "removed": {}}
 
@@ -1313,21 +1300,22 @@ _OK = {"status": "ok", "content_type": WML + "document", "extension": "docx", "r
 )
 def test_filter_rejects_implausible_converter_results(header: dict[str, object], package: bytes) -> None:
     fake = FilterContext(
-        "Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(header, package))
+        "Q", "example.jp", CONFIG, sandbox=CannedSandbox(converter.pack_result(header, package), "office")
     )
     with pytest.raises(SandboxError):
         FILTER.process(make_part(docx(), "a.docx"), fake)
 
 
 def test_filter_accepts_a_plausible_converter_result() -> None:
-    fake = FilterContext("Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(_OK, _ZIP)))
+    sandbox = CannedSandbox(converter.pack_result(_OK, _ZIP), "office")
+    fake = FilterContext("Q", "example.jp", CONFIG, sandbox=sandbox)
     verdict = FILTER.process(make_part(docx(), "a.docm"), fake)
     assert verdict.output is not None and verdict.output.filename == "a.docx"
     held = FilterContext(
         "Q",
         "example.jp",
         CONFIG,
-        sandbox=_FakeSandbox(converter.pack_result({"status": "held", "reason": "encrypted"})),
+        sandbox=CannedSandbox(converter.pack_result({"status": "held", "reason": "encrypted"}), "office"),
     )
     assert FILTER.process(make_part(docx(), "a.docx"), held).reason == "encrypted"
 
