@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from enum import IntEnum
 from pathlib import Path
@@ -20,8 +19,6 @@ from detox.config.loader import load_config
 from detox.config.schema import DetoxConfig
 
 DEFAULT_CONFIG = "/etc/detox/detox.toml"
-
-LoadConfig = Callable[[str | None], DetoxConfig]
 
 
 class ExitCode(IntEnum):

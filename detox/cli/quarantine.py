@@ -102,7 +102,7 @@ def _held_summary(view: MessageView) -> str:
     return text + (f" +{len(held) - 1}" if len(held) > 1 else "")
 
 
-# -- quarantine ----------------------------------------------------------------------------------
+# -- commands ------------------------------------------------------------------------------------
 
 
 def cmd_list(args: argparse.Namespace) -> int:
