@@ -264,6 +264,7 @@ def test_iso2022jp_output_option(name: str) -> None:
     assert "㈱髙﨑" in raw.decode("iso-2022-jp-ms")
 
 
+@pytest.mark.slow
 def test_scan_cli_gives_the_same_result_as_the_pipeline(tmp_path: Path) -> None:
     name = "multipart-alternative-iso2022jp-utf8html.eml"
     report = tmp_path / "report.json"
@@ -297,6 +298,7 @@ def test_scan_cli_gives_the_same_result_as_the_pipeline(tmp_path: Path) -> None:
     assert all(len(p["sha256"]) == 64 for p in data["parts"])
 
 
+@pytest.mark.slow
 def test_scan_cli_exit_codes(tmp_path: Path) -> None:
     missing = subprocess.run(
         [sys.executable, "-m", "detox", "scan", str(tmp_path / "nope.eml")], capture_output=True, timeout=60

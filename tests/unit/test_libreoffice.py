@@ -62,6 +62,10 @@ from detox.sandbox.office_host import ProtocolError, encode_frame, profile_xcu, 
 from detox.sandbox.process import Launch
 from detox.sandbox.resident import ResidentProcess
 
+# LibreOffice's tests: most start soffice; the rest (frames, options, the resident process) are the host
+# side of the same converter and go with them. Out of `make test-fast`.
+pytestmark = pytest.mark.libreoffice
+
 CONFIG = DetoxConfig.model_validate({"sandbox": {"provider": "bwrap"}})
 ENV = Envelope("0190000000000LO1", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx")
 JAPANESE = "①㈱髙橋の見積書"

@@ -1323,6 +1323,7 @@ def test_filter_accepts_a_plausible_converter_result() -> None:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+@pytest.mark.libreoffice
 def test_through_the_pipeline(sandbox: Sandbox, tmp_path: Path) -> None:
     require_libreoffice()  # the RTF attachment becomes a PDF
     docm = docx(
