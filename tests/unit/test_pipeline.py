@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email
-import email.policy
 import io
 import json
 import pickle
 import time
-from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar
 
 import pytest
 from PIL import Image, PngImagePlugin
+from support.pipelines import pipeline_runner
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.filters.base import Filter, FilterContext
-from detox.pipeline import DetoxResult, Pipeline
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 
@@ -30,15 +27,7 @@ ENV = Envelope(
 ALLOWED_OUTPUT_TYPES = {"text/plain", "text/csv", "multipart/mixed", "message/rfc822"}
 
 
-def run(
-    msg: EmailMessage | bytes, config: DetoxConfig | None = None, filters: Sequence[Filter] | None = None
-) -> tuple[DetoxResult, EmailMessage]:
-    config = config or DetoxConfig()
-    raw = msg if isinstance(msg, bytes) else msg.as_bytes()
-    result = Pipeline(config, filters).run(raw, ENV)
-    out = email.message_from_bytes(result.output, policy=email.policy.default)
-    assert isinstance(out, EmailMessage)
-    return result, out
+run = pipeline_runner(ENV).parsed  # (result, the output parsed)
 
 
 def body_text(out: EmailMessage) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.configs import make_config
 from support.mails import CITY, EXE, mail, ppap_mail, zip_of
 
 from detox.audit import AuditLog, read_records, verify
@@ -30,12 +31,6 @@ from detox.spool import Spool, new_queue_id
 from detox.store import Store
 
 TARO = f"taro@{CITY}"
-
-
-def make_config(state: Path, **quarantine: Any) -> DetoxConfig:
-    return DetoxConfig.model_validate(
-        {"storage": {"state_dir": str(state), "fsync": False}, "quarantine": quarantine}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +71,7 @@ def gateway(tmp_path: Path, pipeline: Pipeline) -> Iterator[Gateway]:
 
 
 def quarantine_of(gw: Gateway, **settings: Any) -> Quarantine:
-    config = make_config(gw.config.state_path(), **settings) if settings else gw.config
+    config = make_config(gw.config.state_path(), quarantine=settings) if settings else gw.config
     return Quarantine(config)
 
 

@@ -4,6 +4,9 @@ Input is one message, a directory (searched recursively; files that do not look 
 skipped and counted), an mbox file or a Maildir. Every message runs through the same Pipeline as the
 relay; only the decisions are kept: counts by action and reason, by deciding filter or policy rule,
 and a few examples of each — for admins tuning the TOML before they deploy it.
+
+:func:`scan_envelope` is the envelope every offline run assumes (``detox scan``, this dry-run and
+scripts/compare_outputs.py): it lives here, not in the CLI, which nothing else may import.
 """
 
 from __future__ import annotations
