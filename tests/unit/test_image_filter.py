@@ -592,8 +592,8 @@ def test_through_the_pipeline(sandbox: Sandbox) -> None:
     assert isinstance(png_bytes, bytes)
     check_output(png_bytes, "image/png", (96, 64))
     assert bmp_record.output_sha256 == hashlib.sha256(png_bytes).hexdigest()
-    report_parts = {p["filename"]: p for p in result.report["parts"]}
-    assert report_parts["現場写真.jpg"]["output_sha256"] == jpeg_record.output_sha256
+    report_parts = {p.filename: p for p in result.report.parts}
+    assert report_parts["現場写真.jpg"].output_sha256 == jpeg_record.output_sha256
 
 
 # -- names, options, the wire format (no sandbox needed) ----------------------------------------
