@@ -212,6 +212,7 @@ _ISO2022_PIECES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(_ISO2022_PIECES), max_size=16))
 def test_fast_path_is_the_state_machine_or_declines(pieces: list[bytes]) -> None:
@@ -379,6 +380,7 @@ def test_sniff_html_charset(raw: bytes, label: str | None) -> None:
     assert sniff_html_charset(raw) == label
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     st.binary(max_size=400),
