@@ -401,6 +401,10 @@ class Released(AuditEvent):
     original_sha256: str
     release_sha256: str
     actor: Actor
+    # [antivirus]: signatures clamd found in what is released; such a release needed --force and
+    # a second admin's approval, whatever quarantine.two_person_rule says.
+    viruses: tuple[str, ...] = absent_when(())
+    forced: bool = absent_when(False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
