@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 BY = "antivirus"  # the record's ``filter`` for a part the antivirus decided
 WHOLE_MESSAGE = "0"  # the part id of the original message (as the quarantine names it)
+# clamd with AlertExceedsMax reports a file past its MaxFileSize/MaxScanSize/MaxRecursion... as
+# "Heuristics.Limits.Exceeded.*": not scanned whole, so held — but as a limit, not as a virus.
+LIMITS_EXCEEDED = "Heuristics.Limits.Exceeded"
 
 
 class AntivirusUnavailable(PipelineTempFail):
@@ -94,8 +97,11 @@ class MessageScan:
             # smaller StreamMaxLength in clamd gets here. Not scanned whole = not scanned: fail closed.
             self._unavailable(f"the original is too large for clamd ({exc})")
             return
-        if result.infected:
-            assert result.signature is not None
+        if result.infected and result.signature is not None:
+            if result.signature.startswith(LIMITS_EXCEEDED):
+                # clamd stopped short inside the original: the parts are scanned one by one anyway
+                log.info("%s: clamd: %s in the original", self.queue_id, result.signature)
+                return
             self.message_signature = result.signature
             log.warning("%s: clamd found %s in the original message", self.queue_id, result.signature)
             if self.config.on_virus is OnVirus.HOLD_MESSAGE:
@@ -114,9 +120,11 @@ class MessageScan:
             return Decided(Verdict(Action.HOLD, reason=LIMIT_EXCEEDED), BY, f"not scanned: {exc}")
         if result is None:  # clamd failed just now and on_error = "hold"
             return Decided(Verdict(Action.HOLD, reason=ANTIVIRUS_UNAVAILABLE), BY, "not scanned")
-        if not result.infected:
+        if not result.infected or result.signature is None:
             return None
-        assert result.signature is not None
+        if result.signature.startswith(LIMITS_EXCEEDED):
+            error = f"not scanned whole: clamd said {result.signature}"
+            return Decided(Verdict(Action.HOLD, reason=LIMIT_EXCEEDED), BY, error)
         log.warning("%s: clamd found %s in part %s", self.queue_id, result.signature, part.part_id)
         self.found.append((part.part_id, result.signature))
         if self.config.on_virus is OnVirus.HOLD_MESSAGE:
