@@ -115,6 +115,7 @@ class ClamdInstance:
         tcp: bool = False,
         stream_max_bytes: int = 50 * 1024 * 1024,
         daily_age_hours: float | None = None,
+        scan_archive: bool = True,
     ) -> None:
         self.binary = require_clamd()
         # sun_path holds 108 bytes: a deep tmp_path gets a short directory of its own for the socket.
@@ -128,6 +129,7 @@ class ClamdInstance:
         self.socket_path = root / "clamd.sock"
         self.port = free_port() if tcp else 0
         self.stream_max_bytes = stream_max_bytes
+        self.scan_archive = scan_archive
         self.proc: subprocess.Popen[bytes] | None = None
         write_signature_db(self.db)
         self.db_time = (
@@ -153,7 +155,7 @@ class ClamdInstance:
             f"LogFile {self.root / 'clamd.log'}",
             "LogTime yes",
             "ScanMail yes",
-            "ScanArchive yes",
+            f"ScanArchive {'yes' if self.scan_archive else 'no'}",
             "ScanPDF yes",
             "ScanOLE2 yes",
             "ScanHTML yes",
