@@ -32,6 +32,7 @@ from support.clamd import (
 from support.configs import make_config
 from support.filter_samples import docx, pdf, zip_of
 
+from detox.antivirus.clamd import ClamdClient
 from detox.antivirus.scan import AntivirusUnavailable
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -416,3 +417,79 @@ def test_detox_scan_cli_gives_the_pipelines_result(
     )
     assert failed.returncode == 1 and b"antivirus unavailable" in failed.stderr
     assert failed.stdout == b""  # nothing produced, nothing unscanned
+
+
+# -- clamd killed mid-stream, in the pipeline -----------------------------------------------------------
+
+
+class _KillAfterOriginal(ClamdClient):
+    """Scans the original and the body, then kills the real clamd in the middle of the attachment."""
+
+    def __init__(self, instance: ClamdInstance) -> None:
+        super().__init__(instance.unix_address, chunk_bytes=64 * 1024, timeout_s=10)
+        self.instance = instance
+        self.streams = 0
+
+    def _frames(self, view: memoryview) -> Iterator[bytes | memoryview]:
+        self.streams += 1
+        for i, frame in enumerate(super()._frames(view)):
+            if self.streams > 1 and len(view) > 200_000 and i == 3:  # the attachment, mid-stream
+                self.instance.kill()
+            yield frame
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "hold"])
+def test_clamd_killed_mid_stream_in_the_pipeline(tmp_path: Path, on_error: str) -> None:
+    import random
+
+    big = random.Random(3).randbytes(600_000)  # the attachment goes out in several chunks
+    msg = mail(attachments=[("data.bin", "application/octet-stream", big)])
+    with ClamdInstance(tmp_path) as instance:
+        pipeline = Pipeline(make_config(antivirus={"clamd": instance.unix_address, "on_error": on_error}))
+        killer = _KillAfterOriginal(instance)
+        pipeline.clamd = killer
+        if on_error == "tempfail":
+            with pytest.raises(AntivirusUnavailable):
+                run(pipeline, msg)
+        else:
+            result = run(pipeline, msg)
+            [record] = result.records
+            assert (record.part_id, record.reason) == ("0", "antivirus-unavailable")
+            assert big not in result.output
+        assert killer.streams == 3 and instance.proc is not None and instance.proc.poll() is not None
+
+
+# -- check-config: the signature database's age --------------------------------------------------------
+
+
+def _check_config(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "detox", "check-config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize("age_h", [2.0, 30.0, None])
+def test_check_config_shows_the_signature_age(tmp_path: Path, age_h: float | None) -> None:
+    with ClamdInstance(tmp_path / "c", daily_age_hours=age_h) as instance:
+        conf = tmp_path / "detox.toml"
+        conf.write_text(f'[antivirus]\nclamd = "{instance.unix_address}"\nmax_signature_age_h = 24\n')
+        done = _check_config(conf)
+    assert done.returncode == 0, done.stderr
+    assert f"antivirus (clamd {instance.unix_address}): OK (ClamAV " in done.stdout
+    if age_h is None:
+        assert "date is unknown" in done.stderr and "freshclam" in done.stderr
+    else:
+        assert "signatures 27000 of " in done.stdout and f"{age_h:.1f} h old" in done.stdout
+        assert ("older than antivirus.max_signature_age_h" in done.stderr) is (age_h > 24)
+
+
+def test_check_config_fails_when_clamd_is_down(tmp_path: Path) -> None:
+    conf = tmp_path / "detox.toml"
+    conf.write_text(f'[antivirus]\nclamd = "unix:{tmp_path}/none.sock"\n')
+    done = _check_config(conf)
+    assert done.returncode == 1
+    assert "FAILED" in done.stderr and "wait in the spool" in done.stderr
