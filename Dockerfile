@@ -2,8 +2,8 @@
 #
 #   docker build -t detox .            (or: podman build --format docker -t detox .; see scripts/podman-check.sh)
 #   docker run -p 2525:2525 -v detox-state:/var/lib/detox detox
-#   antivirus: docker run -d --name detox-clamd -v clamav-db:/var/lib/clamav -v clamd-socket:/run/clamav \
-#                  --entrypoint detox-clamd detox      (then detox with -v clamd-socket:/run/clamav and
+#   antivirus: docker run -d --name detox-clamd --user root -v clamav-db:/var/lib/clamav \
+#                  -v clamd-socket:/run/clamav --entrypoint detox-clamd detox      (then detox with -v clamd-socket:/run/clamav and
 #              antivirus.clamd = "unix:/run/clamav/clamd.ctl", as /etc/detox/detox.production.toml has)
 #
 # Build args: BASE_IMAGE (default debian:bookworm-slim), PIP_INDEX_URL / PIP_EXTRA_INDEX_URL /
