@@ -7,7 +7,6 @@ from string import Template
 
 from detox.config.schema import NoticeConfig
 from detox.pipeline.model import PartRecord, Role
-from detox.pipeline.vocabulary import ANTIVIRUS_UNAVAILABLE, VIRUS
 
 WHOLE_MESSAGE_NAME = "メール全体（本文と添付ファイルすべて）"
 
@@ -26,7 +25,7 @@ def hold_id(queue_id: str, part_id: str) -> str:
 
 
 def display_name(record: PartRecord) -> str:
-    if record.part_id == "0" and record.reason in (VIRUS, ANTIVIRUS_UNAVAILABLE):
+    if record.part_id == "0" and record.filter == "antivirus":
         return WHOLE_MESSAGE_NAME  # [antivirus] held the original as a whole
     if record.filename:
         return record.filename

@@ -80,7 +80,8 @@ class MessageScan:
         self.streams = 0
         self.bytes = 0
         self.found: list[tuple[str, str]] = []  # (part_id, signature)
-        self.held_message: str | None = None  # VIRUS or ANTIVIRUS_UNAVAILABLE: hold the whole message
+        # VIRUS, ANTIVIRUS_UNAVAILABLE or LIMIT_EXCEEDED (the original too large): hold the whole message
+        self.held_message: str | None = None
         self.message_signature: str | None = None  # what clamd found in the original, if anything
         self._seen: dict[str, ScanResult | ClamdTooLarge] = {}  # by the part's SHA-256
 
@@ -94,8 +95,10 @@ class MessageScan:
                 return
         except ClamdTooLarge as exc:
             # antivirus.max_stream_bytes >= server.max_message_bytes (the loader checks): only a
-            # smaller StreamMaxLength in clamd gets here. Not scanned whole = not scanned: fail closed.
-            self._unavailable(f"the original is too large for clamd ({exc})")
+            # smaller StreamMaxLength in clamd gets here, and waiting would not change it. Not
+            # scanned whole = not scanned: the whole message is held (limit-exceeded).
+            log.error("%s: antivirus: the original is too large for clamd: %s", self.queue_id, exc)
+            self.held_message = LIMIT_EXCEEDED
             return
         if result.infected and result.signature is not None:
             if result.signature.startswith(LIMITS_EXCEEDED):

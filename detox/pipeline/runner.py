@@ -166,6 +166,6 @@ def _whole_message_record(msg: Message, raw: bytes, reason: str, scan: MessageSc
         filter=ANTIVIRUS,
         action=Action.HOLD.value,
         reason=reason,
-        error=None if signature else "the message could not be scanned",
+        error=None if signature else f"the message could not be scanned ({reason})",
         virus=signature,
     )

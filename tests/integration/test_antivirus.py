@@ -493,3 +493,14 @@ def test_check_config_fails_when_clamd_is_down(tmp_path: Path) -> None:
     done = _check_config(conf)
     assert done.returncode == 1
     assert "FAILED" in done.stderr and "wait in the spool" in done.stderr
+
+
+def test_an_original_larger_than_clamd_accepts_is_held_whole(tmp_path: Path) -> None:
+    """clamd's StreamMaxLength below the message: waiting would not change it, so the whole message
+    is held (limit-exceeded) at once — never delivered unscanned."""
+    with ClamdInstance(tmp_path, stream_max_bytes=64 * 1024) as small:
+        pipeline = Pipeline(make_config(antivirus={"clamd": small.unix_address}))
+        result = run(pipeline, mail(attachments=[("a.txt", "text/plain", b"line of text\n" * 10_000)]))
+    [record] = result.records
+    assert (record.part_id, record.reason, record.filter) == ("0", "limit-exceeded", "antivirus")
+    assert "メール全体" in notice(result) and "大きさや入れ子の上限を超えたため" in notice(result)
