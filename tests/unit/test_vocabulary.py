@@ -50,3 +50,15 @@ def test_a_plugin_adds_names_and_shares_the_built_in_ones() -> None:
     entry = registry.entry("limit-exceeded")
     assert (entry.owner, entry.doc, entry.users) == ("detox", "a cap", {"detox", "png"})
     assert list(registry) == ["limit-exceeded", "png-too-wide"] and len(registry) == 2
+
+
+def test_the_loader_registers_what_every_installed_filter_declares() -> None:
+    from detox.pipeline.registry import available_filters
+
+    filters = available_filters()
+    assert filters, "no filter installed"
+    for name, cls in filters.items():
+        for reason in cls.reasons:
+            assert name in REASONS.entry(reason).users, (name, reason)
+        for note in cls.notes:
+            assert name in NOTES.entry(note).users, (name, note)
