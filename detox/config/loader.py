@@ -103,7 +103,7 @@ def validate_semantics(config: DetoxConfig, file: str, validate: Validator | Non
         parse_deliver_to(config.delivery.bounce_via, file=file, key="delivery.bounce_via")
     if config.delivery.bounce_from and "@" not in config.delivery.bounce_from:
         raise ConfigError(file, "delivery.bounce_from", "expected an address like MAILER-DAEMON@host")
-    from detox.dsn import check_bounce_text  # late: dsn imports the schema
+    from detox.delivery.dsn import check_bounce_text  # late: dsn imports the schema
 
     problem = check_bounce_text(config.delivery.bounce_text)
     if problem:

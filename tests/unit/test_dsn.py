@@ -10,7 +10,7 @@ from support.configs import make_config
 from support.invariants import parse_output as parse
 
 from detox.config.schema import DeliveryConfig, DetoxConfig
-from detox.dsn import (
+from detox.delivery.dsn import (
     FailedRecipient,
     bounce_block,
     build_dsn,
