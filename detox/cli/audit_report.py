@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from detox.audit import Entry, VerifyResult, to_rfc3339
-from detox.quarantine import local_time
+from detox.quarantine.holds import local_time
 from detox.table import render
 
 OUTCOMES = ("delivered", "partly-failed", "failed", "pending")

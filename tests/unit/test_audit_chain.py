@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import detox.audit as audit_mod
+import detox.audit.log as audit_mod
 from detox.audit import (
     GENESIS,
     ROTATED,
