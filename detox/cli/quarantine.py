@@ -21,7 +21,8 @@ from detox.table import cell, render
 from detox.untrusted import for_log
 
 if TYPE_CHECKING:  # imported when used: `detox --help` need not load the pipeline
-    from detox.quarantine import MessageView, Quarantine
+    from detox.quarantine.admin import Quarantine
+    from detox.quarantine.holds import MessageView
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -89,7 +90,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _quarantine(args: argparse.Namespace) -> Quarantine:
-    from detox.quarantine import Quarantine
+    from detox.quarantine.admin import Quarantine
 
     return Quarantine(args.load_config(args.config))
 
@@ -113,7 +114,7 @@ def _held_summary(view: MessageView) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from detox.audit import to_rfc3339
-    from detox.quarantine import local_time
+    from detox.quarantine.holds import local_time
 
     quarantine = _quarantine(args)
     try:
@@ -158,7 +159,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from detox.quarantine import WHOLE_MESSAGE, local_time, parse_ref
+    from detox.quarantine.holds import WHOLE_MESSAGE, local_time, parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -242,7 +243,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     to_stdout = args.output == "-"
@@ -268,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -282,7 +283,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -309,7 +310,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)

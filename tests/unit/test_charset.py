@@ -1,4 +1,4 @@
-"""Tests for detox.text.charset: the iso-2022-jp-ms codec, decode_body, encode_body, meta sniffing."""
+"""detox.text.charset and its iso2022jp_ms codec: the codec, decode_body, encode_body, meta sniffing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detox.text import charset as charset_module
+from detox.text import iso2022jp_ms as codec_module
 from detox.text.charset import Decoded, decode_body, encode_body, normalize_label, sniff_html_charset
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
@@ -184,19 +184,19 @@ def test_iso2022jp_ms_decode_only_raises_unicode_errors(raw: bytes, errors: str)
 
 def _state_machine(raw: bytes, errors: str = "strict") -> str:
     """The codec's byte-by-byte state machine alone, without the well-formed fast path."""
-    decoder = charset_module._Decoder(raw, errors)
-    saved = charset_module._decode_clean
-    charset_module._decode_clean = lambda data: None
+    decoder = codec_module._Decoder(raw, errors)
+    saved = codec_module._decode_clean
+    codec_module._decode_clean = lambda data: None
     try:
         return decoder.run()
     finally:
-        charset_module._decode_clean = saved
+        codec_module._decode_clean = saved
 
 
 def test_fast_path_gives_the_state_machines_text_for_every_jis_pair() -> None:
     for j1 in range(0x21, 0x7F):
         raw = b"a\x1b$B" + b"".join(bytes((j1, j2)) for j2 in range(0x21, 0x7F)) + b"\x1b(Bz"
-        fast = charset_module._decode_clean(raw)
+        fast = codec_module._decode_clean(raw)
         slow = _state_machine(raw, "replace")
         if fast is None:  # an undefined code in the row: left to the state machine
             assert "\ufffd" in slow
@@ -217,7 +217,7 @@ _ISO2022_PIECES = [
 @given(st.lists(st.sampled_from(_ISO2022_PIECES), max_size=16))
 def test_fast_path_is_the_state_machine_or_declines(pieces: list[bytes]) -> None:
     raw = b"".join(pieces)
-    fast = charset_module._decode_clean(raw)
+    fast = codec_module._decode_clean(raw)
     if fast is not None:
         assert fast == _state_machine(raw)
     assert raw.decode("iso-2022-jp-ms", "replace") == _state_machine(raw, "replace")
@@ -225,7 +225,7 @@ def test_fast_path_is_the_state_machine_or_declines(pieces: list[bytes]) -> None
 
 def test_fast_path_takes_outlook_mail() -> None:
     raw = LETTER.encode("iso-2022-jp-ms") + b"\r\n" + NEC_IBM.encode("iso-2022-jp-ms")
-    assert charset_module._decode_clean(raw) == LETTER + "\r\n" + NEC_IBM
+    assert codec_module._decode_clean(raw) == LETTER + "\r\n" + NEC_IBM
 
 
 # ============================================================================ labels
@@ -496,9 +496,11 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "cp932",
             "label",
-            "山田様\r\n\r\nお世話になっております。㈱髙橋工務店の髙橋です。\r\n"
-            "①見積書（表計算ソフト形式）を送付いたします。\r\n②工期：令和７年１２月～令和８年３月\r\n"
-            "③金額：￥1,234,000－（税込）\r\nご確認のほど、よろしくお願い申し上げます。\r\n",
+            (
+                "山田様\r\n\r\nお世話になっております。㈱髙橋工務店の髙橋です。\r\n"
+                "①見積書（表計算ソフト形式）を送付いたします。\r\n②工期：令和７年１２月～令和８年３月\r\n"
+                "③金額：￥1,234,000－（税込）\r\nご確認のほど、よろしくお願い申し上げます。\r\n"
+            ),
         )
     ],
     "eucjp-8bit.eml": [
@@ -506,8 +508,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "euc-jp",
             "label",
-            "市民課 御中\r\n\r\n住民票の写しの交付をお願いします。\r\n半角カナ：ｼﾞｭｳﾐﾝﾋｮｳ\r\n"
-            "補助漢字：丂（JIS X 0212）\r\nよろしくお願いします。\r\n",
+            (
+                "市民課 御中\r\n\r\n住民票の写しの交付をお願いします。\r\n半角カナ：ｼﾞｭｳﾐﾝﾋｮｳ\r\n"
+                "補助漢字：丂（JIS X 0212）\r\nよろしくお願いします。\r\n"
+            ),
         )
     ],
     "utf8-8bit.eml": [
@@ -576,8 +580,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "iso-2022-jp-ms",
             "label",
-            "市報12月号のご案内です。\r\n①特集：冬の防災\r\n②お知らせ：㈱髙﨑建設による道路工事\r\n"
-            "詳細は https://www.city.example.lg.jp/ をご覧ください。",
+            (
+                "市報12月号のご案内です。\r\n①特集：冬の防災\r\n②お知らせ：㈱髙﨑建設による道路工事\r\n"
+                "詳細は https://www.city.example.lg.jp/ をご覧ください。"
+            ),
         ),
         (
             "text/html",
@@ -616,8 +622,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/csv",
             "cp932",
             "detected",
-            "氏名,所属,電話番号,備考\r\n髙橋 一郎,㈱髙﨑商事,03-1234-5678,①担当\r\n"
-            "﨑山 花子,情報政策課,内線1234,②副担当～\r\n",
+            (
+                "氏名,所属,電話番号,備考\r\n髙橋 一郎,㈱髙﨑商事,03-1234-5678,①担当\r\n"
+                "﨑山 花子,情報政策課,内線1234,②副担当～\r\n"
+            ),
         ),
     ],
     "forwarded-rfc822-iso2022jp.eml": [

@@ -50,3 +50,24 @@ def test_a_plugin_adds_names_and_shares_the_built_in_ones() -> None:
     entry = registry.entry("limit-exceeded")
     assert (entry.owner, entry.doc, entry.users) == ("detox", "a cap", {"detox", "png"})
     assert list(registry) == ["limit-exceeded", "png-too-wide"] and len(registry) == 2
+
+
+def test_the_loader_registers_what_every_installed_filter_declares() -> None:
+    from detox.pipeline.registry import available_filters
+
+    filters = available_filters()
+    assert filters, "no filter installed"
+    for name, cls in filters.items():
+        for reason in cls.reasons:
+            assert name in REASONS.entry(reason).users, (name, reason)
+        for note in cls.notes:
+            assert name in NOTES.entry(note).users, (name, note)
+
+
+def test_the_readme_lists_every_x_detox_actions_item() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    paragraph = readme.split("`X-Detox-Actions` is `text-converted`", 1)[1].split("```", 1)[0]
+    missing = [name for name in NOTES if f"`{name}=N`" not in paragraph and name != "text-converted"]
+    assert not missing, f"README's X-Detox-Actions paragraph does not list {missing}"
