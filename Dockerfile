@@ -2,6 +2,9 @@
 #
 #   docker build -t detox .            (or: podman build --format docker -t detox .; see scripts/podman-check.sh)
 #   docker run -p 2525:2525 -v detox-state:/var/lib/detox detox
+#   antivirus: docker run -d --name detox-clamd --user root -v clamav-db:/var/lib/clamav \
+#                  -v clamd-socket:/run/clamav --entrypoint detox-clamd detox      (then detox with -v clamd-socket:/run/clamav and
+#              antivirus.clamd = "unix:/run/clamav/clamd.ctl", as /etc/detox/detox.production.toml has)
 #
 # Build args: BASE_IMAGE (default debian:bookworm-slim), PIP_INDEX_URL / PIP_EXTRA_INDEX_URL /
 # PIP_TRUSTED_HOST (a package index other than PyPI). A CA bundle for a TLS-intercepting proxy can be given
@@ -57,7 +60,10 @@ RUN apt-get update \
         libreoffice-calc-nogui \
         libreoffice-impress-nogui \
         python3-uno \
-    # ---- converters still to come: clamav-daemon goes HERE;
+        # [antivirus]: clamd and freshclam (signatures fetched at run time, never baked in; run
+        # clamd as its own container from this image: `--entrypoint detox-clamd`, see README)
+        clamav-daemon \
+        clamav-freshclam \
     # ---- keep this list in step with scripts/install-system-deps.sh.
     && rm -rf /var/lib/apt/lists/*
 
@@ -68,6 +74,9 @@ RUN groupadd --system detox \
 
 COPY --from=build /opt/detox /opt/detox
 COPY config/detox.toml /etc/detox/detox.toml
+COPY config/detox.production.toml /etc/detox/detox.production.toml
+COPY config/clamd.conf /etc/clamav/clamd.conf
+COPY scripts/detox-clamd /usr/local/bin/detox-clamd
 ENV PATH=/opt/detox/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -76,7 +85,8 @@ ENV PATH=/opt/detox/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 # Fail the build now if the shipped config doesn't load with the installed package.
 # The file only: bubblewrap needs user namespaces the build container may not have. Run
 # `detox check-config` in the running container to try the sandbox too.
-RUN detox check-config --no-sandbox /etc/detox/detox.toml
+RUN detox check-config --no-sandbox /etc/detox/detox.toml \
+    && detox check-config --no-sandbox /etc/detox/detox.production.toml
 
 USER detox
 WORKDIR /var/lib/detox

@@ -8,6 +8,8 @@ from string import Template
 from detox.config.schema import NoticeConfig
 from detox.pipeline.model import PartRecord, Role
 
+WHOLE_MESSAGE_NAME = "メール全体（本文と添付ファイルすべて）"
+
 
 def human_size(size: int) -> str:
     if size < 1024:
@@ -23,6 +25,8 @@ def hold_id(queue_id: str, part_id: str) -> str:
 
 
 def display_name(record: PartRecord) -> str:
+    if record.part_id == "0" and record.filter == "antivirus":
+        return WHOLE_MESSAGE_NAME  # [antivirus] held the original as a whole
     if record.filename:
         return record.filename
     if record.role == Role.BODY:
@@ -72,10 +76,14 @@ def render_notice(
 
 def _item(config: NoticeConfig, template: str, queue_id: str, rec: PartRecord) -> str:
     removed = " ".join(f"{k}={v}" for k, v in sorted(rec.removed.items()) if v)
+    reason = config.reasons.get(rec.reason, rec.reason)
+    if rec.virus is not None:  # the virus reason names what clamd found: $signature
+        reason = Template(reason).safe_substitute(signature=rec.virus)
     return Template(template).safe_substitute(
         name=display_name(rec),
         size=human_size(rec.size),
-        reason=config.reasons.get(rec.reason, rec.reason),
+        reason=reason,
+        signature=rec.virus or "",
         hold_id=hold_id(queue_id, rec.part_id),
         type=rec.detected_type,
         declared_type=rec.declared_type,

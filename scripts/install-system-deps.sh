@@ -27,7 +27,9 @@ PACKAGES=(
     libreoffice-calc-nogui
     libreoffice-impress-nogui
     python3-uno
-    # --- converters still to come: clamav-daemon (also in the Dockerfile's runtime stage) --------------
+    # [antivirus]: clamd (also in the Dockerfile's runtime stage). Installing it starts no daemon here:
+    # the tests run their own clamd on a private socket with a signature database made in the test.
+    clamav-daemon
     # --- benchmarks ----------------------------------------------------------------------------------
     poppler-utils    # pdftoppm: the baseline bench/pdf_raster.py compares against
     # --- tests ---------------------------------------------------------------------------------------

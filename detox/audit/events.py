@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from detox.pipeline.report import MessageReport, PartReport
+    from detox.pipeline.report import AntivirusReport, MessageReport, PartReport
 
 _ABSENT = "detox.audit.events.absent_when"
 _NOTHING = object()
@@ -196,6 +196,7 @@ class Detoxified(AuditEvent):
     actions: str
     urls_defanged: int
     output_sha256: str
+    antivirus: AntivirusReport | None = absent_when(None)  # noqa: RUF009 - frozen; what clamd found
 
     @classmethod
     def of(cls, queue_id: str, report: MessageReport) -> Detoxified:
@@ -212,6 +213,7 @@ class Detoxified(AuditEvent):
             actions=report.actions,
             urls_defanged=report.urls_defanged,
             output_sha256=report.output_sha256,
+            antivirus=report.antivirus,
         )
 
 
@@ -229,6 +231,7 @@ class PipelineDeferred(AuditEvent):
     max_attempts: int | None = absent_when(None)
     counted: bool = absent_when(True)
     next_attempt: float
+    waiting_for: str | None = absent_when(None)  # "antivirus": clamd could not be reached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,6 +401,10 @@ class Released(AuditEvent):
     original_sha256: str
     release_sha256: str
     actor: Actor
+    # [antivirus]: signatures clamd found in what is released; such a release needed --force and
+    # a second admin's approval, whatever quarantine.two_person_rule says.
+    viruses: tuple[str, ...] = absent_when(())
+    forced: bool = absent_when(False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,9 @@
 """``detox check-config`` and ``detox filters``: is this configuration valid, and what will run.
 
 ``check-config`` also starts the sandbox the way the filters will use it, so a file that loads but a
-sandbox that cannot start is found before serve holds every converted attachment as filter-error.
+sandbox that cannot start is found before serve holds every converted attachment as filter-error;
+and with ``[antivirus]`` on it asks clamd (PING, VERSION): unreachable fails, a signature database
+older than ``antivirus.max_signature_age_h`` (or of unknown date) is a warning.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import time
 from typing import Any
 
 from detox.cli.common import ExitCode, config_path
@@ -23,7 +26,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     # Like every other command: `detox check-config --config F` is what an admin types after `serve`.
     check.add_argument("--config", help="the same as FILE")
     check.add_argument(
-        "--no-sandbox", action="store_true", help="only validate the file; do not try the sandbox"
+        "--no-sandbox", action="store_true", help="only validate the file; do not try the sandbox or clamd"
     )
     check.set_defaults(func=cmd_check_config)
 
@@ -43,15 +46,64 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return ExitCode.OK
     # A valid file with a sandbox that cannot start would hold every converted attachment as
     # filter-error at run time: try it now, the way the filters will use it.
+    code = ExitCode.OK
     problem = _probe_sandbox(config)
     if problem and config.sandbox.provider == "subprocess" and config.sandbox.allow_unsandboxed:
         print(f"sandbox (subprocess): WARNING: {problem}; development only", file=sys.stderr)
-        return ExitCode.OK
-    if problem:
+    elif problem:
         print(f"sandbox ({config.sandbox.provider}): FAILED: {problem}", file=sys.stderr)
-        return ExitCode.INTERNAL
-    print(f"sandbox ({config.sandbox.provider}): OK (converters run, no network inside)")
-    return ExitCode.OK
+        code = ExitCode.INTERNAL
+    else:
+        print(f"sandbox ({config.sandbox.provider}): OK (converters run, no network inside)")
+    if not _check_antivirus(config):
+        code = ExitCode.INTERNAL
+    return code
+
+
+def _check_antivirus(config: DetoxConfig) -> bool:
+    """clamd reachable, and how old its signatures are; False when it cannot be reached."""
+    av = config.antivirus
+    if not av.enabled:
+        print("antivirus: off (antivirus.clamd is empty)")
+        return True
+    from detox.antivirus.clamd import ClamdError
+    from detox.antivirus.scan import make_client
+
+    client = make_client(av, config.resolve_path)
+    label = f"antivirus (clamd {client.address})"
+    try:
+        client.ping()
+        version = client.version()
+    except ClamdError as exc:
+        # serve would keep every message waiting (on_error = "tempfail") or hold it ("hold")
+        print(f"{label}: FAILED: {exc} (messages would {_on_error_effect(config)})", file=sys.stderr)
+        return False
+    age = version.age_hours()
+    if age is None or version.db_time is None:
+        print(f"{label}: OK (ClamAV {version.engine})")
+        print(
+            f"{label}: WARNING: the signature database's date is unknown (no daily database loaded: "
+            "is freshclam running?)",
+            file=sys.stderr,
+        )
+        return True
+    built = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(version.db_time))
+    print(
+        f"{label}: OK (ClamAV {version.engine}, signatures {version.db_version} of {built}, {age:.1f} h old)"
+    )
+    if age > av.max_signature_age_h:
+        print(
+            f"{label}: WARNING: the signature database is {age:.1f} h old, older than "
+            f"antivirus.max_signature_age_h ({av.max_signature_age_h:g} h): is freshclam running?",
+            file=sys.stderr,
+        )
+    return True
+
+
+def _on_error_effect(config: DetoxConfig) -> str:
+    if config.antivirus.on_error == "hold":
+        return "be held whole (antivirus.on_error = hold)"
+    return "wait in the spool until clamd answers (antivirus.on_error = tempfail)"
 
 
 def _probe_sandbox(config: DetoxConfig) -> str | None:

@@ -69,6 +69,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="recipient (repeatable; default: the original's)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="release even what clamd found a virus in (also needs a second admin's approval)",
+    )
     p.set_defaults(func=cmd_release)
 
     p = qsub.add_parser("delete", parents=[common], help="delete one original and its index rows")
@@ -99,7 +104,8 @@ def _held_summary(view: MessageView) -> str:
     if not held:
         return "-"
     first = held[0]
-    text = f"{first['part_id']}: {first['filename'] or first['detected_type']} [{first['reason']}]"
+    reason = f"virus: {first['virus']}" if first["virus"] else first["reason"]
+    text = f"{first['part_id']}: {first['filename'] or first['detected_type']} [{reason}]"
     return text + (f" +{len(held) - 1}" if len(held) > 1 else "")
 
 
@@ -199,7 +205,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 p["size"],
                 p["filter"],
                 p["action"],
-                p["reason"] or "-",
+                f"virus: {p['virus']}" if p["virus"] else (p["reason"] or "-"),
             )
         )
     lines.append(
@@ -282,7 +288,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
     try:
-        result = quarantine.release(ref, reason=args.reason, approved_by=args.approved_by, to=args.to)
+        result = quarantine.release(
+            ref, reason=args.reason, approved_by=args.approved_by, to=args.to, force=args.force
+        )
     finally:
         quarantine.close()
     second = f" and {for_log(result.second_approver)}" if result.second_approver else ""

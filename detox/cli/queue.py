@@ -61,8 +61,10 @@ class Entry:
     next_attempt: float | None = None
     last_response: str = ""
     why: str = ""
+    waiting_for: str = ""  # "antivirus": clamd could not scan it; tried again at next_attempt
 
     def as_json(self, now: float) -> dict[str, Any]:
+        extra = {"waiting_for": self.waiting_for} if self.waiting_for else {}
         return {
             "id": self.queue_id,
             "stage": self.stage,
@@ -75,6 +77,7 @@ class Entry:
             "next_attempt": _iso(self.next_attempt) if self.next_attempt is not None else None,
             "last_response": self.last_response,
             "why": self.why or None,
+            **extra,
         }
 
 
@@ -138,6 +141,7 @@ def _incoming(spool: Spool, queue_id: str, stage: str) -> Entry:
         attempts=tries.attempts,
         next_attempt=(tries.next_attempt or None) if stage == "detoxify" else None,
         last_response=tries.last_error,
+        waiting_for=tries.waiting_for if stage == "detoxify" else "",
     )
 
 
@@ -212,6 +216,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         rcpts = ", ".join(f"{r['address']} ({r['status']})" for r in e.recipients) or "-"
         stage = e.stage if e.kind == KIND_MESSAGE else f"{e.stage} ({e.kind})"
+        if e.waiting_for:
+            stage = f"{e.stage} (waiting for {e.waiting_for})"
         rows.append(
             (
                 e.queue_id,

@@ -125,6 +125,14 @@ def validate_semantics(config: DetoxConfig, file: str, validate: Validator | Non
         raise ConfigError(file, "delivery.bounce_text", problem)
     if validate is not None:
         validate(config, file)
+    av = config.antivirus
+    if av.enabled and av.max_stream_bytes < config.server.max_message_bytes:
+        raise ConfigError(
+            file,
+            "antivirus.max_stream_bytes",
+            f"must be at least server.max_message_bytes ({config.server.max_message_bytes}): "
+            "the original message is scanned whole",
+        )
     if config.server.require_tls and not config.server.tls_cert:
         raise ConfigError(file, "server.require_tls", "needs tls_cert and tls_key")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

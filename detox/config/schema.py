@@ -6,6 +6,7 @@ an error naming the file and the key (see :mod:`detox.config.loader`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -284,6 +285,8 @@ class NoticeConfig(Strict):
             "archive-empty-after-detox": "圧縮ファイルの中のファイルがすべて取り除かれたため",
             "archive-member-unsafe": "圧縮ファイルの中の危険な項目（リンク・絶対パスなど）のため",
             "legacy-office": "旧形式の Office 文書・RTF はこのサーバーでは変換できない設定になっているため",
+            "virus": "ウイルス（$signature）が検出されたため",
+            "antivirus-unavailable": "ウイルス検査ができなかったため",
         }
     )
 
@@ -426,6 +429,57 @@ class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# -- [antivirus]: clamd before disarm (issue 13) ----------------------------------------------------
+
+_CLAMD_ADDRESS = re.compile(r"unix:[^\x00]+|tcp:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):[0-9]{1,5}")
+
+
+class OnVirus(StrEnum):
+    """What a detection holds: the part (or archive member) it was found in, or the whole message."""
+
+    HOLD_PART = "hold-part"
+    HOLD_MESSAGE = "hold-message"
+
+
+class AntivirusOnError(StrEnum):
+    """clamd down, timing out or answering an error: never deliver unscanned."""
+
+    TEMPFAIL = "tempfail"  # the message waits in the spool and is tried again (queue list: antivirus)
+    HOLD = "hold"  # the whole message is held (reason antivirus-unavailable)
+
+
+class AntivirusConfig(Strict):
+    """``[antivirus]``: the original, every MIME part and every archive member scanned by clamd's
+    INSTREAM before any filter (see :mod:`detox.antivirus`)."""
+
+    clamd: str = ""  # "" = off; "unix:/run/clamav/clamd.ctl" or "tcp:HOST:PORT"
+    on_virus: OnVirus = OnVirus.HOLD_PART
+    on_error: AntivirusOnError = AntivirusOnError.TEMPFAIL
+    timeout_s: PositiveFloat = 30.0  # one stream: connect, send, clamd's answer
+    # Larger streams are never sent; such a part is held (limit-exceeded). Keep it at or below
+    # clamd's StreamMaxLength (and MaxFileSize/MaxScanSize); the original message must fit, so it
+    # may not be below server.max_message_bytes.
+    max_stream_bytes: PositiveInt = 26214400
+    max_signature_age_h: PositiveFloat = 24.0  # check-config warns when clamd's database is older
+    # While clamd cannot be reached, a waiting message is tried again after delivery.retry_base_s,
+    # doubling up to this; the waits do not count against pipeline.max_attempts.
+    retry_max_s: PositiveFloat = 300.0
+
+    @field_validator("clamd")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _CLAMD_ADDRESS.fullmatch(v):
+            raise ValueError(f'expected unix:PATH or tcp:HOST:PORT (or "" for off), got {v!r}')
+        if v.startswith("tcp:") and not 0 < int(v.rpartition(":")[2]) < 65536:
+            raise ValueError(f"port out of range in {v!r}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clamd)
+
+
 class DetoxConfig(Strict):
     server: ServerConfig = ServerConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -441,6 +495,7 @@ class DetoxConfig(Strict):
     logging: LoggingConfig = LoggingConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     audit: AuditConfig = AuditConfig()
+    antivirus: AntivirusConfig = AntivirusConfig()
 
     # Set by the loader: where relative paths are resolved from (the working directory).
     base_dir: str = "."

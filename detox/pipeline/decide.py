@@ -34,6 +34,7 @@ class Decided:
     verdict: Verdict
     by: str  # the filter's name, "policy:RULE", or NO_FILTER
     error: str | None = None
+    virus: str | None = None  # the signature clamd named (by "antivirus", reason "virus")
 
 
 class Decider:

@@ -114,8 +114,10 @@ class PartRecord:
     output_type: str | None = None
     conversion: str = ""
     detected_by: str = DETECTED_BY_LIBMAGIC
+    virus: str | None = None  # the signature clamd named (reason "virus"); in as_dict only when set
 
     def as_dict(self) -> dict[str, object]:
+        extra: dict[str, object] = {"virus": self.virus} if self.virus is not None else {}
         return {
             "part_id": self.part_id,
             "role": self.role,
@@ -136,4 +138,5 @@ class PartRecord:
             "output_type": self.output_type,
             "conversion": self.conversion,
             "detected_by": self.detected_by,
+            **extra,
         }

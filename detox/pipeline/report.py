@@ -108,6 +108,7 @@ class PartReport:
     output_type: str | None
     conversion: str
     detected_by: str = DETECTED_BY_LIBMAGIC
+    virus: str | None = None  # the signature clamd named; in the JSON only when set
 
     @classmethod
     def of(cls, record: PartRecord) -> PartReport:
@@ -131,6 +132,7 @@ class PartReport:
             output_type=record.output_type,
             conversion=record.conversion,
             detected_by=record.detected_by,
+            virus=record.virus,
         )
 
     @property
@@ -141,6 +143,7 @@ class PartReport:
         return PartReport, _values(self)
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {"virus": self.virus} if self.virus is not None else {}
         return {
             "part_id": self.part_id,
             "role": self.role,
@@ -161,6 +164,28 @@ class PartReport:
             "output_type": self.output_type,
             "conversion": self.conversion,
             "detected_by": self.detected_by,
+            **extra,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AntivirusReport:
+    """The report's ``antivirus`` (present only when ``[antivirus]`` is on): what clamd was asked."""
+
+    streams: int  # INSTREAM scans made: the original, then each distinct part and member
+    bytes: int
+    found: tuple[tuple[str, str], ...]  # (part_id, signature); part "0" is the original message
+    held_message: str | None  # the reason the whole message was held (virus, antivirus-unavailable)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return AntivirusReport, _values(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "bytes": self.bytes,
+            "found": [{"part_id": p, "signature": s} for p, s in self.found],
+            "held_message": self.held_message,
         }
 
 
@@ -176,6 +201,7 @@ class MessageReport:
     actions: str  # the X-Detox-Actions value
     output_sha256: str  # of the clean message (CRLF form)
     output_size: int
+    antivirus: AntivirusReport | None = None  # [antivirus] on: in the JSON, else absent
 
     def __reduce__(self) -> tuple[Any, ...]:
         return MessageReport, _values(self)
@@ -190,6 +216,7 @@ class MessageReport:
             "actions": self.actions,
             "output_sha256": self.output_sha256,
             "output_size": self.output_size,
+            **({"antivirus": self.antivirus.as_dict()} if self.antivirus is not None else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from email.message import Message
 
+from detox.antivirus.clamd import ClamdClient
+from detox.antivirus.scan import BY as ANTIVIRUS
+from detox.antivirus.scan import WHOLE_MESSAGE, MessageScan, make_client
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SandboxError
@@ -22,14 +26,14 @@ from detox.pipeline.compose import compose_message, serialize
 from detox.pipeline.deadline import deadline
 from detox.pipeline.decide import Decider
 from detox.pipeline.detect import detect_type
-from detox.pipeline.model import Action, PartRecord
+from detox.pipeline.model import Action, PartRecord, Role
 from detox.pipeline.parse import parse_message
 from detox.pipeline.policy import Policy
 from detox.pipeline.registry import available_filters, build_pipeline
 from detox.pipeline.report import MessageInfo, MessageReport, PartReport, sha256
 from detox.pipeline.summary import actions_summary, conversion_lines, delivered_attachments
-from detox.pipeline.vocabulary import URLS_DEFANGED
-from detox.pipeline.walk import Walk, joined_text
+from detox.pipeline.vocabulary import URLS_DEFANGED, VIRUS
+from detox.pipeline.walk import Collected, Walk, joined_text
 from detox.sandbox import make_sandbox
 from detox.sandbox.base import Sandbox
 from detox.text.urls import defang_urls
@@ -67,8 +71,18 @@ class Pipeline:
             # Fail closed: without a sandbox every converter raises and its part is held.
             log.error("no sandbox for converters (%s); attachments needing one will be held", exc)
             self.sandbox = None
+        # [antivirus]: one client per process (each scan opens its own connection).
+        self.clamd: ClamdClient | None = (
+            make_client(config.antivirus, config.resolve_path) if config.antivirus.enabled else None
+        )
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
+        scan = None
+        if self.clamd is not None:
+            # Before anything reads the message: raises AntivirusUnavailable (tempfail) when clamd
+            # cannot give a verdict and antivirus.on_error = "tempfail".
+            scan = MessageScan(self.config.antivirus, self.clamd, envelope.queue_id)
+            scan.original(raw)
         msg = parse_message(raw)
         sender_domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
         ctx = FilterContext(
@@ -79,9 +93,17 @@ class Pipeline:
             and sender_domain not in self.config.urls.exempt_sender_domains,
             sandbox=self.sandbox,
         )
-        walk = Walk(self.config, self.decider, ctx)
+        walk = Walk(self.config, self.decider, ctx, scan)
         walk.ctx = replace(ctx, decide_member=walk.decide_member)
-        collected = walk.message_contents(msg, prefix="", depth=0)
+        if scan is not None and scan.held_message is not None:
+            collected = Collected()  # held whole already: nothing of it is opened
+        else:
+            collected = walk.message_contents(msg, prefix="", depth=0)
+        if scan is not None:
+            held_as = scan.whole_message_reason()
+            if held_as is not None:
+                # Nothing of the message crosses: the notice names the one held original.
+                collected = Collected(records=[_whole_message_record(msg, raw, held_as, scan)])
 
         body_text = joined_text(collected.texts)
         defanged = 0
@@ -121,5 +143,29 @@ class Pipeline:
             actions=actions,
             output_sha256=sha256(output),
             output_size=len(output),
+            antivirus=scan.report() if scan is not None else None,
         )
         return DetoxResult(output, report, records, actions)
+
+
+def _whole_message_record(msg: Message, raw: bytes, reason: str, scan: MessageScan) -> PartRecord:
+    """The original as one held part, ``0`` (the quarantine's name for the whole message)."""
+    try:
+        declared = msg.get_content_type()
+    except Exception:  # noqa: BLE001 - hostile headers; the type is unknown
+        declared = "message/rfc822"
+    signature = scan.whole_message_signature() if reason == VIRUS else None
+    return PartRecord(
+        part_id=WHOLE_MESSAGE,
+        role=Role.ATTACHMENT.value,
+        declared_type=declared,
+        detected_type="message/rfc822",
+        filename=None,
+        size=len(raw),
+        sha256=sha256(raw),
+        filter=ANTIVIRUS,
+        action=Action.HOLD.value,
+        reason=reason,
+        error=None if signature else f"the message could not be scanned ({reason})",
+        virus=signature,
+    )

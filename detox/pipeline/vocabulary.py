@@ -122,6 +122,12 @@ ARCHIVE_MEMBER_UNSAFE: Final = _reason(
     "archive-member-unsafe", "a link, device or unsafe path in an archive", owner="archive"
 )
 LEGACY_OFFICE: Final = _reason("legacy-office", "a legacy Office file or RTF not converted", owner="office")
+# [antivirus]: clamd found a signature (the part, or "0" the whole message, is held; its release
+# needs --force and a second admin), or could not scan and antivirus.on_error = "hold".
+VIRUS: Final = _reason("virus", "clamd found a signature in the part (or the original message)")
+ANTIVIRUS_UNAVAILABLE: Final = _reason(
+    "antivirus-unavailable", "clamd could not scan the message (antivirus.on_error = hold)"
+)
 # Drops that are never listed in the notice (no notice.reasons text needed).
 ALTERNATIVE_UNUSED: Final = _reason(
     "alternative-unused", "the alternative of a multipart/alternative not chosen", in_notice=False

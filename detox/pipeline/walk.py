@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from detox.config.schema import DetoxConfig
 from detox.errors import FilterTimeout, PipelineTempFail
@@ -43,6 +43,9 @@ from detox.text.headers import decode_filename
 from detox.text.html import strip_invisible
 from detox.text.urls import defang_urls
 from detox.untrusted import for_log
+
+if TYPE_CHECKING:
+    from detox.antivirus.scan import MessageScan
 
 log = logging.getLogger("detox.pipeline.runner")  # the name operators' log filters know
 
@@ -83,10 +86,13 @@ def joined_text(texts: list[str]) -> str:
 class Walk:
     """One message's walk; ``ctx.decide_member`` is :meth:`decide_member` (for archive members)."""
 
-    def __init__(self, config: DetoxConfig, decider: Decider, ctx: FilterContext) -> None:
+    def __init__(
+        self, config: DetoxConfig, decider: Decider, ctx: FilterContext, scan: MessageScan | None = None
+    ) -> None:
         self.config = config
         self.decider = decider
         self.ctx = ctx
+        self.scan = scan  # [antivirus] on: clamd's verdict comes before any filter
         self.parts_seen = 0
 
     # -- the tree ---------------------------------------------------------------------------
@@ -249,7 +255,7 @@ class Walk:
             self._hold_subtree(node, path, out, LIMIT_EXCEEDED, "too many MIME parts")
             return
         part = self._make_part(node, path, depth, force_type)
-        self._apply(part, self.decider.decide(part, self.ctx), out)
+        self._apply(part, self.decide(part), out)
 
     def decide_member(self, part: Part) -> tuple[Verdict, PartRecord]:
         """A part found inside another (an archive member): counted, capped, decided like any part."""
@@ -257,8 +263,17 @@ class Walk:
         if self.parts_seen > self.config.limits.max_mime_parts:
             decided = Decided(Verdict(Action.HOLD, reason=LIMIT_EXCEEDED), NO_FILTER, "too many parts")
         else:
-            decided = self.decider.decide(part, self.ctx)
+            decided = self.decide(part)
         return decided.verdict, make_record(part, decided)
+
+    def decide(self, part: Part) -> Decided:
+        """The one place every leaf part and every archive member is decided: clamd first (when
+        ``[antivirus]`` is on), then policy rules and filters."""
+        if self.scan is not None:
+            found = self.scan.check(part)
+            if found is not None:
+                return found
+        return self.decider.decide(part, self.ctx)
 
     def _apply(self, part: Part, decided: Decided, out: Collected) -> None:
         verdict = decided.verdict
@@ -329,6 +344,7 @@ def make_record(part: Part, decided: Decided) -> PartRecord:
         charset=verdict.charset,
         error=decided.error,
         mismatch=type_mismatch(part) if part.role is Role.ATTACHMENT else None,
+        virus=decided.virus,
     )
     if verdict.action is Action.REPLACE and verdict.output is not None:
         record.output_sha256 = sha256(verdict.output.data)

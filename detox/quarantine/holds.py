@@ -133,6 +133,7 @@ class MessageView:
                     "filter": p["filter"],
                     "action": p["action"],
                     "reason": p["reason"],
+                    **({"virus": p["virus"]} if p["virus"] else {}),
                 }
                 for p in self.parts
             ],

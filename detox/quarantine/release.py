@@ -103,13 +103,21 @@ class Releases(Holds):
         return tuple(email.utils.parseaddr(a)[1] for a in to)
 
     def release(
-        self, ref: HoldRef, *, reason: str, approved_by: str, to: Sequence[str] = ()
+        self, ref: HoldRef, *, reason: str, approved_by: str, to: Sequence[str] = (), force: bool = False
     ) -> ReleaseResult:
         reason, approved_by = reason.strip(), approved_by.strip()
         if not reason or not approved_by:
             raise RefusedError("a release needs --reason and --approved-by")
         view = self.get(ref)
         targets = self._targets(view, ref)
+        # [antivirus]: what clamd found a virus in is never released by one admin alone.
+        viruses = _viruses(view, targets)
+        if viruses and not force:
+            raise RefusedError(
+                f"{ref}: clamd found {', '.join(sorted(set(viruses)))} in it: such an original is never "
+                "released by one admin. If it must be, a second admin first runs "
+                f"`detox quarantine approve {ref} --by NAME`, then release it with --force"
+            )
         recipients = self._recipients(view, to)
         parts = tuple(self.held_bytes(view, part_id) for part_id in targets)
         release_id = new_queue_id()
@@ -119,8 +127,8 @@ class Releases(Holds):
         who = Actor.current()
         with self.store.transaction() as db:
             second: sqlite3.Row | None = None
-            if self.config.quarantine.two_person_rule:
-                second = self._second_approval(db, view, ref, approved_by)
+            if self.config.quarantine.two_person_rule or viruses:
+                second = self._second_approval(db, view, ref, approved_by, virus=bool(viruses))
             data = self._compose(
                 view,
                 ref,
@@ -154,6 +162,8 @@ class Releases(Holds):
                         original_sha256=view.row["sha256"],
                         release_sha256=hashlib.sha256(data).hexdigest(),
                         actor=who,
+                        viruses=tuple(sorted(set(viruses))),
+                        forced=force and bool(viruses),
                     )
                 )
                 recorded = True
@@ -200,7 +210,13 @@ class Releases(Holds):
         )
 
     def _second_approval(
-        self, db: sqlite3.Connection, view: MessageView, ref: HoldRef, approved_by: str
+        self,
+        db: sqlite3.Connection,
+        view: MessageView,
+        ref: HoldRef,
+        approved_by: str,
+        *,
+        virus: bool = False,
     ) -> sqlite3.Row:
         """An unused approval covering ``ref`` by someone other than the releasing admin."""
         rows: list[sqlite3.Row] = db.execute(
@@ -216,9 +232,9 @@ class Releases(Holds):
                 f"{ref}: the two-person rule needs an approval by someone other than {approved_by} "
                 f"(the only approval is by {covering[0]['approved_by']})"
             )
+        rule = "it contains a virus" if virus else "the two-person rule is on"
         raise RefusedError(
-            f"{ref}: the two-person rule is on: a second admin must first run "
-            f"`detox quarantine approve {ref} --by NAME`"
+            f"{ref}: {rule}: a second admin must first run `detox quarantine approve {ref} --by NAME`"
         )
 
     def _compose(
@@ -282,3 +298,19 @@ class Releases(Holds):
                 maintype, subtype = "application", "octet-stream"
             out.add_attachment(part.data, maintype=maintype, subtype=subtype, filename=part.filename)
         return serialize(out)
+
+
+def _viruses(view: MessageView, targets: Sequence[str]) -> list[str]:
+    """Signatures clamd found in what ``targets`` release: a part itself or anything inside it (an
+    archive's members, a forwarded message's parts); the whole message ("0") covers every part."""
+    found = []
+    for part in view.parts:
+        signature = part["virus"]
+        if not signature:
+            continue
+        pid = str(part["part_id"])
+        for target in targets:
+            if target == WHOLE_MESSAGE or pid == target or pid.startswith((f"{target}.", f"{target}:")):
+                found.append(str(signature))
+                break
+    return found

@@ -79,7 +79,10 @@ CREATE TABLE IF NOT EXISTS releases (
 );
 """
 # Columns added after the first release, with their type (ALTER TABLE ... ADD COLUMN on open).
-_ADDED_COLUMNS = {"messages": {"client_address": "TEXT", "helo": "TEXT"}}
+_ADDED_COLUMNS = {
+    "messages": {"client_address": "TEXT", "helo": "TEXT"},
+    "parts": {"virus": "TEXT"},  # [antivirus]: the signature clamd named (reason "virus")
+}
 _INSERT_MESSAGE = (
     "INSERT INTO messages (queue_id, received_at, mail_from, rcpt_tos, header_from, subject, message_id, "
     "sha256, size, actions, expires_at, client_address, helo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -197,7 +200,9 @@ class Store:
                 ),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO parts (queue_id, part_id, role, filename, declared_type, "
+                "detected_type, size, sha256, filter, action, reason, removed, output_sha256, virus) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         report.queue_id,
@@ -213,6 +218,7 @@ class Store:
                         p.reason,
                         json.dumps(dict(p.removed)),
                         p.output_sha256,
+                        p.virus,
                     )
                     for p in report.parts
                 ],

@@ -33,7 +33,17 @@ CONTROL_POLL_S = 1.0  # how soon a release, `detox queue retry|flush` or `detox 
 # Kept from the running configuration on reload: they take effect at the next start.
 RESTART_KEYS = ("server.listen", "pipeline.workers", "delivery.connections", "storage")
 # Sections the worker processes read: a change starts fresh workers (running jobs finish first).
-PIPELINE_SECTIONS = ("limits", "pipeline", "filters", "body", "urls", "notice", "sandbox", "policy")
+PIPELINE_SECTIONS = (
+    "limits",
+    "pipeline",
+    "filters",
+    "body",
+    "urls",
+    "notice",
+    "sandbox",
+    "policy",
+    "antivirus",
+)
 
 
 @dataclass(slots=True)

@@ -9,6 +9,10 @@ release of ``incoming/ID.msg``). What a failure means is decided here:
 * a damaged entry: moved aside at once;
 * a crash of the worker or a timeout: counted, and the next attempt runs in a worker of its own
   (``pool.py``), so a bystander is not blamed for a crasher;
+* clamd could not scan it (``[antivirus]``, ``on_error = "tempfail"``): not counted; the entry waits
+  ("waiting for antivirus" in ``detox queue list``), tried again after ``delivery.retry_base_s``
+  doubling up to ``antivirus.retry_max_s``, and moved aside only when older than
+  ``delivery.max_age_days`` — never delivered unscanned;
 * any other failure: counted; after ``pipeline.max_attempts`` the entry is moved aside (poison).
 """
 
@@ -21,7 +25,9 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
 
+from detox.antivirus.scan import AntivirusUnavailable
 from detox.audit import AuditLog
 from detox.audit.events import Detoxified, PipelineDeferred
 from detox.config.schema import DetoxConfig
@@ -174,6 +180,9 @@ class DetoxRunner:
                 log.exception("%s: pipeline failed", queue_id)
                 await self._failed(queue_id, f"{type(exc).__name__}: {exc}")
             return
+        except AntivirusUnavailable as exc:
+            await self._waiting_for_antivirus(queue_id, str(exc))
+            return
         except BrokenProcessPool:
             log.error("%s: pipeline worker died", queue_id)
             await self._failed(queue_id, "worker crashed")
@@ -231,6 +240,35 @@ class DetoxRunner:
             await asyncio.to_thread(
                 self.audit.write,
                 PipelineDeferred(queue_id=queue_id, reason=why, counted=False, next_attempt=when),
+            )
+        self.stage.at(queue_id, when)
+
+    async def _waiting_for_antivirus(self, queue_id: str, why: str) -> None:
+        """clamd gave no verdict: the entry waits (not an attempt), or is moved aside when too old."""
+        config = self.get_config()
+        log.warning("%s: %s; the message waits in the spool", queue_id, why)
+        received = 0.0
+        with contextlib.suppress(SpoolError, OSError, ValueError):
+            envelope = await asyncio.to_thread(self.spool.read_envelope, queue_id)
+            received = datetime.fromisoformat(envelope.received_at).timestamp()
+        if received and time.time() - received > config.delivery.max_age_days * 86400:
+            reason = f"not scanned for {config.delivery.max_age_days:g} days, last: {why}"
+            await asyncio.to_thread(move_aside, self.spool, self.audit, queue_id, reason, "pipeline")
+            self.backlog.remove(queue_id)
+            return
+        tries = await asyncio.to_thread(self.spool.read_tries, queue_id)
+        delay = backoff(tries.waits + 1, config.delivery.retry_base_s, config.antivirus.retry_max_s)
+        when = time.time() + delay
+        try:
+            await asyncio.to_thread(self.spool.end_wait, queue_id, "antivirus", why, when)
+        except SpoolError as exc:
+            log.error("%s: cannot record the wait: %s", queue_id, exc)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(
+                self.audit.write,
+                PipelineDeferred(
+                    queue_id=queue_id, reason=why, counted=False, next_attempt=when, waiting_for="antivirus"
+                ),
             )
         self.stage.at(queue_id, when)
 

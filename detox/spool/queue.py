@@ -177,6 +177,20 @@ class Spool(ControlRequests):
         tries.in_flight = False
         tries.last_error = error[:500]
         tries.next_attempt = next_attempt
+        tries.waiting_for = ""
+        self._write_tries(queue_id, tries, durable=True)
+        return tries
+
+    def end_wait(self, queue_id: str, waiting_for: str, error: str, next_attempt: float) -> PipelineTries:
+        """An attempt that could not run for want of a service (clamd): it does not count as an
+        attempt; the wait is recorded durably, with why and when the next try is due."""
+        tries = self.read_tries(queue_id)
+        tries.attempts = max(tries.attempts - 1, 0)
+        tries.in_flight = False
+        tries.waiting_for = waiting_for
+        tries.waits += 1
+        tries.last_error = error[:500]
+        tries.next_attempt = next_attempt
         self._write_tries(queue_id, tries, durable=True)
         return tries
 

@@ -144,8 +144,13 @@ class PipelineTries:
     last_error: str = ""
     next_attempt: float = 0.0
     updated_at: float = 0.0
+    # Waiting for a service, not failing: "antivirus" while clamd cannot be reached. Such waits are
+    # counted apart (``waits``, for the backoff) and never against pipeline.max_attempts.
+    waiting_for: str = ""
+    waits: int = 0
 
     def to_json(self) -> bytes:
+        extra = {"waiting_for": self.waiting_for, "waits": self.waits} if self.waiting_for else {}
         return json.dumps(
             {
                 "attempts": self.attempts,
@@ -153,6 +158,7 @@ class PipelineTries:
                 "last_error": self.last_error,
                 "next_attempt": self.next_attempt,
                 "updated_at": self.updated_at,
+                **extra,
             },
             ensure_ascii=False,
         ).encode("utf-8")
@@ -166,4 +172,6 @@ class PipelineTries:
             last_error=str(data.get("last_error", "")),
             next_attempt=float(data.get("next_attempt", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
+            waiting_for=str(data.get("waiting_for", "")),
+            waits=int(data.get("waits", 0)),
         )

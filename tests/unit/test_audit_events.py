@@ -43,7 +43,7 @@ from detox.audit.events import (
 )
 from detox.config.schema import NoticeConfig
 from detox.envelope import Envelope
-from detox.pipeline.report import MessageInfo, MessageReport, PartReport
+from detox.pipeline.report import AntivirusReport, MessageInfo, MessageReport, PartReport
 from detox.pipeline.vocabulary import REASONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -413,6 +413,8 @@ def test_events_are_frozen_and_keyword_only() -> None:
 # Words in README's per-event rows that are values or the fields of a nested object, not fields.
 VALUES = {e.event for e in EVENTS} | {
     "null",
+    "virus",
+    "antivirus",
     "email",
     "spool",
     "pipeline",
@@ -426,6 +428,8 @@ VALUES = {e.event for e in EVENTS} | {
     "disabled",
 }
 NESTED = {
+    # [antivirus]: the detoxified record's `antivirus` object
+    "detoxified": {f.name for f in dataclasses.fields(AntivirusReport)},
     "released": {f.name for f in dataclasses.fields(ReleasedPart)},
     "delivered": {f.name for f in dataclasses.fields(RecipientReply)},
     "deferred": {f.name for f in dataclasses.fields(RecipientReply)},
@@ -491,13 +495,13 @@ def test_readme_part_and_report_fields_match_the_report(audit_section: str) -> N
     text = (REPO / "README.md").read_text(encoding="utf-8")
     parts = _section(audit_section, "Per-part fields", "**Part ids.**")
     named = {n for first, _ in _rows(parts) for n in re.findall(r"`([a-z_0-9]+)`", first)}
-    assert named == set(PART.as_dict())
+    assert named == set(dataclasses.replace(PART, virus="Win.Test.EICAR_HDB-1").as_dict())
     scan = _section(text, "### The `detox scan --report` JSON", "## What happens")
     rows = dict(_rows(scan))
     named = {n for first in rows for n in re.findall(r"`([a-z_0-9]+)`", first)}
     env = Envelope(Q, "", ())
     info = MessageInfo(None, None, None, None, 0, "", ())
-    report = MessageReport(Q, info, env, (), 0, "", "", 0)
+    report = MessageReport(Q, info, env, (), 0, "", "", 0, AntivirusReport(0, 0, (), None))
     assert named == set(report.as_dict())
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`message`"])) >= set(info.as_dict())
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`envelope`"])) >= set(env.as_dict())
