@@ -3,6 +3,7 @@
 #   make setup    system packages (only the missing ones) + .venv/ with detox and the test tools
 #   make run      detox serve on config/detox.toml (127.0.0.1:2525, delivers to a Maildir under var/)
 #   make test     ruff + mypy + pytest (every test; the Postfix tests start a private Postfix)
+#   make test-fast  ruff + mypy + the unit tests without Postfix, corpus, LibreOffice or `slow` (~2 min)
 #   make lint     ruff + mypy only
 #   make bench    bench/run_all.sh, when present
 #   make fuzz     the fuzz test for FUZZ_SECONDS (default 60) seconds; `make test` runs it for 30 s
@@ -22,13 +23,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 CONFIG ?= config/detox.toml
 PYTEST_ARGS ?=
+# What `make test-fast` leaves out (the markers are in pyproject.toml).
+FAST_MARKERS := not (postfix or corpus or libreoffice or slow)
 FUZZ_SECONDS ?= 60
 SOAK_ARGS ?=
 
-.PHONY: help setup system-deps run test lint bench fuzz soak clean podman-check
+.PHONY: help setup system-deps run test test-fast lint bench fuzz soak clean podman-check
 
 help:
-	@sed -n '3,12s/^# \{0,1\}//p' Makefile
+	@sed -n '3,13s/^# \{0,1\}//p' Makefile
 
 setup: $(STAMP)
 
@@ -63,6 +66,15 @@ test: setup
 	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
 	echo "+ mypy"; $(BIN)/mypy || rc=1; \
 	echo "+ pytest -q -ra $(PYTEST_ARGS)"; $(BIN)/pytest -q -ra $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
+
+# The loop while editing: no root, no Postfix, no corpus, no LibreOffice. `make test` before a commit.
+test-fast: setup
+	@rc=0; \
+	echo "+ ruff check ."; $(BIN)/ruff check . || rc=1; \
+	echo "+ mypy"; $(BIN)/mypy || rc=1; \
+	echo "+ pytest -q -ra -m '$(FAST_MARKERS)' tests/unit $(PYTEST_ARGS)"; \
+	$(BIN)/pytest -q -ra -m '$(FAST_MARKERS)' tests/unit $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
 bench: setup

@@ -92,17 +92,25 @@ def messages(load: str, n: int, size: int, first: int = 0) -> list[bytes]:
 # -- the stages ---------------------------------------------------------------------------------
 
 # (module, attribute, stage): what the runner and the body filters call, patched in their own namespace.
+# A tree from before the runner was split calls everything through detox.pipeline.runner; a later one
+# through walk, detect and report as well (each call site goes through one of them: nothing counts twice).
 STAGES = (
     ("detox.pipeline.runner", "parse_message", "parse (compat32 read)"),
     ("detox.pipeline.runner", "detect_type", "libmagic (detect_type)"),
+    ("detox.pipeline.detect", "detect_type", "libmagic (detect_type)"),
+    ("detox.pipeline.walk", "detect_type", "libmagic (detect_type)"),
     ("detox.filters.text", "decode_body", "charset (decode_body)"),
     ("detox.filters.text", "html_to_text", "html_to_text"),
     ("detox.pipeline.runner", "strip_invisible", "strip_invisible"),
+    ("detox.pipeline.walk", "strip_invisible", "strip_invisible"),
     ("detox.pipeline.runner", "defang_urls", "defang_urls"),
+    ("detox.pipeline.walk", "defang_urls", "defang_urls"),
     ("detox.pipeline.runner", "render_notice", "notice"),
     ("detox.pipeline.runner", "compose_message", "compose_message"),
     ("detox.pipeline.runner", "serialize", "serialize"),
     ("detox.pipeline.runner", "sha256", "sha256"),
+    ("detox.pipeline.walk", "sha256", "sha256"),
+    ("detox.pipeline.report", "sha256", "sha256"),
 )
 
 
@@ -112,7 +120,10 @@ def instrument(spent: dict[str, float]) -> Callable[[], None]:
 
     undo: list[tuple[Any, str, Any]] = []
     for module_name, attr, stage in STAGES:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # a module this tree does not have
+            continue
         original = getattr(module, attr, None)
         if original is None:  # a stage this tree does not have
             continue

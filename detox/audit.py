@@ -8,7 +8,11 @@ Rotation keeps one chain: when ``audit.jsonl`` reaches ``audit.rotate_bytes`` it
 ``rotated`` record naming that file, whose ``prev`` is the hash of its last line.
 
 Writers (``serve`` and the admin CLI) serialise on an ``flock`` of a separate lock file that is never
-renamed, so rotation by one process cannot race an append by another.
+renamed, so rotation by one process cannot race an append by another. What a record holds is
+:mod:`detox.audit_events` (one typed event per kind).
+
+Over 500 lines on purpose: writing, reading and verifying are the three sides of one on-disk format
+(the chain across rotated files), and a change to one has to be read against the other two.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
+from detox.audit_events import AuditEvent, Rotated
 from detox.errors import AuditError
 
 if TYPE_CHECKING:
     from detox.config.schema import DetoxConfig
 
 GENESIS = "0" * 64
-ROTATED = "rotated"
+ROTATED = Rotated.event
 
 
 def to_rfc3339(when: datetime) -> str:
@@ -223,7 +228,7 @@ class AuditLog:
             if segments:
                 # The link to the previous file, written by whoever writes first after rotation.
                 first = batches[0].records[0]
-                link = {"ts": first["ts"], "event": ROTATED, "previous_file": segments[-1].name}
+                link = Rotated(previous_file=segments[-1].name).record(first["ts"])
                 link["prev"] = prev
                 line = self._line(link)
                 lines.append(line)
@@ -250,16 +255,18 @@ class AuditLog:
             raise
         self._tail = (ino, size + len(data), prev)
 
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Append ``records`` (each with ``ts`` and ``event``) in order, chained, fsync'd.
+    def append(self, records: Sequence[AuditEvent | dict[str, Any]]) -> None:
+        """Append ``records`` in order, chained, fsync'd: events (written now), or records made by
+        :meth:`record` (each with ``ts`` and ``event``; ``prev`` is set in each).
 
         Returns once they are durable; raises OSError if they could not be written, TypeError or
-        ValueError (before anything is written) if one is not JSON-serializable. ``prev`` is set in
-        each record.
+        ValueError (before anything is written) if one is not JSON-serializable.
         """
         if not records:
             return
-        batch = _Batch(records, [self._encode(record) for record in records])
+        ts = now_rfc3339()
+        dicts = [r.record(ts) if isinstance(r, AuditEvent) else r for r in records]
+        batch = _Batch(dicts, [self._encode(record) for record in dicts])
         with self._cond:
             self._waiting.append(batch)
             while self._writing and not batch.done:
@@ -288,20 +295,46 @@ class AuditLog:
                 self._writing = False
                 self._cond.notify_all()
 
-    def write(self, event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
-        """Append one record (fsync'd). Raises OSError: callers decide whether that is fatal."""
-        record = self.record(event, queue_id, **fields)
+    @overload
+    def write(self, event: AuditEvent, /) -> dict[str, Any]: ...
+    @overload
+    def write(self, event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]: ...
+    def write(self, event: AuditEvent | str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Append one record (fsync'd) and return it. Raises OSError: callers decide whether that
+        is fatal.
+
+        Deprecated: ``write(name, queue_id, **fields)``, untyped, is kept for callers not yet
+        converted to events (serve, the queue CLI, tests); new code passes an event.
+        """
+        record = _make_record(event, queue_id, fields)
         self.append([record])
         return record
 
+    @overload
     @staticmethod
-    def record(event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
-        """A record for ``append``: its time now, the event, the queue id (if any), the fields."""
-        record: dict[str, Any] = {"ts": now_rfc3339(), "event": event}
-        if queue_id is not None:
-            record["queue_id"] = queue_id
-        record.update(fields)
-        return record
+    def record(event: AuditEvent, /) -> dict[str, Any]: ...
+    @overload
+    @staticmethod
+    def record(event: str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]: ...
+    @staticmethod
+    def record(event: AuditEvent | str, queue_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """A record for ``append``: its time now, the event, the queue id (if any), the fields.
+
+        Deprecated with a name and fields (see :meth:`write`); with an event, its own fields.
+        """
+        return _make_record(event, queue_id, fields)
+
+
+def _make_record(event: AuditEvent | str, queue_id: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(event, AuditEvent):
+        if queue_id is not None or fields:
+            raise TypeError("an audit event carries its own fields")
+        return event.record(now_rfc3339())
+    record: dict[str, Any] = {"ts": now_rfc3339(), "event": event}
+    if queue_id is not None:
+        record["queue_id"] = queue_id
+    record.update(fields)
+    return record
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from string import Template
 
 from detox.config.schema import NoticeConfig
-from detox.pipeline.model import PartRecord
+from detox.pipeline.model import PartRecord, Role
 
 
 def human_size(size: int) -> str:
@@ -25,7 +25,7 @@ def hold_id(queue_id: str, part_id: str) -> str:
 def display_name(record: PartRecord) -> str:
     if record.filename:
         return record.filename
-    if record.role == "body":
+    if record.role == Role.BODY:
         return f"本文（{record.declared_type}）"
     return f"名前のない添付ファイル（{record.declared_type}）"
 

@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detox.errors import StoreError
+
+if TYPE_CHECKING:
+    from detox.pipeline.report import MessageReport
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -168,50 +171,50 @@ class Store:
                 raise
             db.execute("COMMIT")
 
-    def index(self, report: dict[str, Any], retention_days: int) -> None:
+    def index(self, report: MessageReport, retention_days: int) -> None:
         """Record a detoxified message and every part decision (replaces an earlier run's rows)."""
-        env = report["envelope"]
-        msg = report["message"]
+        env = report.envelope
+        msg = report.message
         expires = time.time() + retention_days * 86400
         with self.transaction() as db:
-            db.execute("DELETE FROM messages WHERE queue_id = ?", (report["queue_id"],))
+            db.execute("DELETE FROM messages WHERE queue_id = ?", (report.queue_id,))
             db.execute(
                 _INSERT_MESSAGE,
                 (
-                    report["queue_id"],
-                    env["received_at"],
-                    env["mail_from"],
-                    json.dumps(env["rcpt_tos"], ensure_ascii=False),
-                    msg["from"],
-                    msg["subject"],
-                    msg["message_id"],
-                    msg["sha256"],
-                    msg["size"],
-                    report["actions"],
+                    report.queue_id,
+                    env.received_at,
+                    env.mail_from,
+                    json.dumps(list(env.rcpt_tos), ensure_ascii=False),
+                    msg.header_from,
+                    msg.subject,
+                    msg.message_id,
+                    msg.sha256,
+                    msg.size,
+                    report.actions,
                     expires,
-                    env.get("client_address"),
-                    env.get("helo"),
+                    env.client_address,
+                    env.helo,
                 ),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
-                        report["queue_id"],
-                        p["part_id"],
-                        p["role"],
-                        p["filename"],
-                        p["declared_type"],
-                        p["detected_type"],
-                        p["size"],
-                        p["sha256"],
-                        p["filter"],
-                        p["action"],
-                        p["reason"],
-                        json.dumps(p["removed"]),
-                        p["output_sha256"],
+                        report.queue_id,
+                        p.part_id,
+                        p.role,
+                        p.filename,
+                        p.declared_type,
+                        p.detected_type,
+                        p.size,
+                        p.sha256,
+                        p.filter,
+                        p.action,
+                        p.reason,
+                        json.dumps(dict(p.removed)),
+                        p.output_sha256,
                     )
-                    for p in report["parts"]
+                    for p in report.parts
                 ],
             )
 

@@ -6,11 +6,13 @@ an error naming the file and the key (see :mod:`detox.config.loader`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator
+from pydantic_core import CoreSchema, core_schema
 
 
 class Strict(BaseModel):
@@ -299,6 +301,64 @@ class SandboxConfig(Strict):
     resident_converters: bool = True
 
 
+class PolicyActionKind(StrEnum):
+    """What a policy rule does with the parts it matches."""
+
+    HOLD = "hold"  # no filter runs: held
+    DROP = "drop"  # no filter runs: dropped
+    DEFAULT = "default"  # the filters in pipeline.order decide, as if no rule had matched
+    FILTER = "filter"  # one named filter decides, optionally with a mode
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAction:
+    """A rule's ``action``, parsed once when the config loads: ``hold``, ``drop``, ``default``, or a
+    filter name with an optional mode (``pdf``, ``pdf:sanitize``).
+
+    Any string parses: whether a filter of that name exists, and takes that mode, is the
+    pipeline's to say (the config imports nothing of it), with the key ``policy.rules[N].action``.
+    """
+
+    kind: PolicyActionKind
+    filter: str = ""  # FILTER: the filter's name
+    mode: str = ""  # FILTER: the mode given after the colon ("" = the filter's configured one)
+    text: str = ""  # as written in the config: shown in errors, written back by model_dump
+
+    def __post_init__(self) -> None:
+        if not self.text:  # built in code rather than parsed: the text it would have been written as
+            text = self.filter + (f":{self.mode}" if self.mode else "")
+            object.__setattr__(
+                self, "text", text if self.kind is PolicyActionKind.FILTER else self.kind.value
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> PolicyAction:
+        if text in _BUILT_IN_ACTIONS:
+            return cls(PolicyActionKind(text), text=text)
+        name, _, mode = text.partition(":")
+        return cls(PolicyActionKind.FILTER, name, mode, text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # An instance is taken as it is; anything else is validated as pydantic validates a str
+        # (the same errors as before the action was parsed), then parsed. The config dumps it as
+        # the string it was written as.
+        def validate(value: Any, as_str: core_schema.ValidatorFunctionWrapHandler) -> PolicyAction:
+            return value if isinstance(value, cls) else cls.parse(as_str(value))
+
+        return core_schema.no_info_wrap_validator_function(
+            validate,
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+
+_BUILT_IN_ACTIONS = frozenset(k.value for k in PolicyActionKind if k is not PolicyActionKind.FILTER)
+
+
 class PolicyRule(Strict):
     """One attachment rule; every criterion given must match (an empty one matches anything)."""
 
@@ -308,7 +368,7 @@ class PolicyRule(Strict):
     sender_domains: tuple[str, ...] = ()  # envelope sender's domain (unauthenticated)
     sha256: tuple[str, ...] = ()  # exact files, e.g. an approved form a partner sends every month
     suspicious: bool | None = None  # declared type / extension / detected type disagree
-    action: str  # hold | drop | default | FILTER | FILTER:MODE
+    action: PolicyAction  # hold | drop | default | FILTER | FILTER:MODE
     reason: str = "policy"  # a key of notice.reasons (or text shown as is)
 
     @field_validator("detected", "extensions", "sender_domains", "sha256")

@@ -56,8 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from detox.errors import FilterError, FilterTimeout
 from detox.filters.base import FilterContext
 from detox.filters.sandboxed import Answer, SandboxCall, SandboxedFilter
+from detox.pipeline.detect import detect_type
 from detox.pipeline.model import Action, Output, Part, PartRecord, Role, Verdict
-from detox.pipeline.runner import detect_type
 from detox.sandbox.base import Limits
 from detox.sandbox.contract import ARCHIVE_FORMATS as FORMATS
 from detox.sandbox.contract import ARCHIVE_HELD_REASONS as HELD_REASONS

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from detox.config.schema import DetoxConfig, PolicyRule
+from detox.config.schema import DetoxConfig, PolicyActionKind, PolicyRule
 from detox.errors import ConfigError
 from detox.filters.base import Filter
 from detox.pipeline.model import Part
@@ -72,7 +72,7 @@ class Decision:
     """What the first matching rule says: an action, and for filter actions the filter to run."""
 
     rule: str
-    action: str  # "hold" | "drop" | "default" | "filter"
+    action: PolicyActionKind
     reason: str
     filter: Filter | None = None
 
@@ -96,21 +96,23 @@ class Policy:
         self.rules = config.policy.rules
         self._filters: dict[int, Filter] = {}
         for i, rule in enumerate(self.rules):
-            if rule.action in ("hold", "drop", "default"):
+            action = rule.action
+            if action.kind is not PolicyActionKind.FILTER:
                 continue
-            name, _, mode = rule.action.partition(":")
             key = f"policy.rules[{i}].action"
-            if name not in known:
-                raise ConfigError("<config>", key, f"unknown filter {name!r} (known: {sorted(known)})")
-            cls = known[name]
-            options = dict(config.filter_settings(name).options)
-            if mode:
-                options["mode"] = mode
+            if action.filter not in known:
+                raise ConfigError(
+                    "<config>", key, f"unknown filter {action.filter!r} (known: {sorted(known)})"
+                )
+            cls = known[action.filter]
+            options = dict(config.filter_settings(action.filter).options)
+            if action.mode:
+                options["mode"] = action.mode
             try:
                 self._filters[i] = cls(cls.Options.model_validate(options))
             except ValidationError as exc:
                 problem = exc.errors()[0]["msg"]
-                raise ConfigError("<config>", key, f"{rule.action!r}: {problem}") from None
+                raise ConfigError("<config>", key, f"{str(action)!r}: {problem}") from None
 
     def decide(self, part: Part, sender_domain: str) -> tuple[Decision | None, str | None]:
         """The first matching rule's decision (None: no rule matched) and the part's mismatch."""
@@ -119,6 +121,6 @@ class Policy:
             if _matches(rule, part, sender_domain, mismatch):
                 label = rule.name or f"rule {i + 1}"
                 if i in self._filters:
-                    return Decision(label, "filter", rule.reason, self._filters[i]), mismatch
-                return Decision(label, rule.action, rule.reason), mismatch
+                    return Decision(label, PolicyActionKind.FILTER, rule.reason, self._filters[i]), mismatch
+                return Decision(label, rule.action.kind, rule.reason), mismatch
         return None, mismatch

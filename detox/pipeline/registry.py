@@ -24,6 +24,7 @@ from detox.config.schema import DetoxConfig
 from detox.errors import ConfigError
 from detox.filters.base import Filter
 from detox.pipeline.policy import Policy
+from detox.pipeline.vocabulary import NOTES, REASONS
 
 GROUP = "detox.filters"
 
@@ -40,8 +41,21 @@ def available_filters() -> Mapping[str, type[Filter]]:
             raise ConfigError("<entry points>", f"{GROUP}.{ep.name}", f"class says its name is {cls.name!r}")
         if ep.name in found and found[ep.name] is not cls:
             raise ConfigError("<entry points>", f"{GROUP}.{ep.name}", "registered twice")
+        _register_vocabulary(cls, f"{GROUP}.{ep.name}")
         found[ep.name] = cls
     return MappingProxyType(found)
+
+
+def _register_vocabulary(cls: type[Filter], key: str) -> None:
+    """The reasons and notes the filter declares join the pipeline's vocabulary under its name (a name
+    detox already has keeps detox's meaning); a badly spelled one refuses the filter at start-up."""
+    try:
+        for reason in cls.reasons:
+            REASONS.register(reason, owner=cls.name)
+        for note in cls.notes:
+            NOTES.register(note, owner=cls.name)
+    except ValueError as exc:
+        raise ConfigError("<entry points>", key, str(exc)) from None
 
 
 def load_validated_config(path: str | os.PathLike[str] | None, *, base_dir: str | None = None) -> DetoxConfig:

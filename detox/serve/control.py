@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from detox.audit import AuditLog
+from detox.audit_events import Reloaded, Requeued
 from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.errors import ConfigError
@@ -97,9 +98,7 @@ class Reloader:
             message = f"configuration not reloaded (the running one stays): {exc}"
             log.error("%s (%s)", message, source)
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(
-                    self.audit.write, "reloaded", None, ok=False, source=source, error=str(exc)
-                )
+                await asyncio.to_thread(self.audit.write, Reloaded(ok=False, source=source, error=str(exc)))
             return False, message
         old = self.live.config
         changed = changed_keys(old, new)
@@ -134,12 +133,7 @@ class Reloader:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(
                 self.audit.write,
-                "reloaded",
-                None,
-                ok=True,
-                source=source,
-                changed=changed,
-                restart_needed=restart,
+                Reloaded(ok=True, source=source, changed=tuple(changed), restart_needed=tuple(restart)),
             )
         return True, message
 
@@ -192,7 +186,7 @@ class ControlRunner:
         where = await asyncio.to_thread(self.spool.restore_aside, queue_id)
         if where is not None:
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.audit.write, "requeued", queue_id, stage=where)
+                await asyncio.to_thread(self.audit.write, Requeued(queue_id=queue_id, stage=where))
         if where == "incoming" or (
             where is None and await asyncio.to_thread(self.spool.has_incoming, queue_id)
         ):

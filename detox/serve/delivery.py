@@ -16,9 +16,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from detox.audit import AuditLog
+from detox.audit_events import (
+    AuditEvent,
+    Bounced,
+    BounceSuppressed,
+    Delivered,
+    DeliveryDeferred,
+    DeliveryFailed,
+    RecipientReply,
+)
 from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.delivery import Deliverer, make_deliverer
@@ -342,46 +350,59 @@ class DeliveryRunner:
         """The attempt's audit records, one group (one fsync): per outcome, then the DSN's fate."""
         config = self.get_config()
         queue_id = state.queue_id
-        records: list[dict[str, Any]] = []
+        kind = None if state.kind == EntryKind.MESSAGE else str(state.kind)
+        records: list[AuditEvent] = []
         for status, rcpts in by_status.items():
             if not rcpts:
                 continue
-            details = {
-                r: {"code": state.recipients[r].code, "response": state.recipients[r].response} for r in rcpts
+            replies = {
+                r: RecipientReply(state.recipients[r].code, state.recipients[r].response) for r in rcpts
             }
-            extra: dict[str, Any] = {}
-            event = status
-            if status == Status.DEFERRED.value:
-                extra["next_attempt"] = state.next_attempt
-                extra["attempt"] = state.attempts
+            if status == Status.DELIVERED.value:
+                records.append(Delivered(queue_id=queue_id, recipients=replies, kind=kind))
+            elif status == Status.DEFERRED.value:
+                records.append(
+                    DeliveryDeferred(
+                        queue_id=queue_id,
+                        recipients=replies,
+                        next_attempt=state.next_attempt,
+                        attempt=state.attempts,
+                        kind=kind,
+                    )
+                )
             elif status == Status.FAILED.value:
-                extra["reason"] = FailReason.REJECTED.value
+                records.append(
+                    DeliveryFailed(
+                        queue_id=queue_id, recipients=replies, reason=FailReason.REJECTED.value, kind=kind
+                    )
+                )
             elif status == EXPIRED:
-                event = Status.FAILED.value
-                extra["reason"] = FailReason.EXPIRED.value
-                extra["max_age_days"] = config.delivery.max_age_days
-            if state.kind != EntryKind.MESSAGE:
-                extra["kind"] = str(state.kind)
-            records.append(self.audit.record(event, queue_id, recipients=details, **extra))
+                records.append(
+                    DeliveryFailed(
+                        queue_id=queue_id,
+                        recipients=replies,
+                        reason=FailReason.EXPIRED.value,
+                        max_age_days=config.delivery.max_age_days,
+                        kind=kind,
+                    )
+                )
         if bounce is not None and bounce.dsn_id is not None:
             records.append(
-                self.audit.record(
-                    "bounced",
-                    queue_id,
+                Bounced(
+                    queue_id=queue_id,
                     dsn_id=bounce.dsn_id,
                     to=state.mail_from,
-                    recipients=list(bounce.recipients),
+                    recipients=tuple(bounce.recipients),
                     via=config.delivery.bounce_via,
                 )
             )
-        elif bounce is not None:
+        elif bounce is not None and bounce.blocked is not None:
             records.append(
-                self.audit.record(
-                    "bounce_suppressed",
-                    queue_id,
+                BounceSuppressed(
+                    queue_id=queue_id,
                     reason=bounce.blocked,
                     mail_from=state.mail_from,
-                    recipients=list(bounce.recipients),
+                    recipients=tuple(bounce.recipients),
                 )
             )
         self.audit.append(records)  # one group: one fsync

@@ -21,14 +21,14 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 from detox.audit import AuditLog
+from detox.audit_events import Detoxified, PipelineDeferred
 from detox.config.schema import DetoxConfig
 from detox.delivery.retry import backoff
 from detox.errors import SpoolCorrupt, SpoolError, StoreError
+from detox.pipeline.report import MessageReport
 from detox.serve.pool import MessageTimeout, WorkerPools
-from detox.serve.report import detoxified_fields
 from detox.serve.stage import Stage, move_aside
 from detox.smtp.handler import Backlog
 from detox.spool import DeliveryState, PipelineTries, Spool, WorkerResult
@@ -195,7 +195,7 @@ class DetoxRunner:
             return None
         return self.spool.begin_attempt(queue_id)
 
-    def _hand_off(self, result: WorkerResult, report: dict[str, Any]) -> bytes | None:
+    def _hand_off(self, result: WorkerResult, report: MessageReport) -> bytes | None:
         """Blocking: the hand-off (``Spool.hand_off``: index and audit, then the release); the
         message if small.
 
@@ -206,7 +206,7 @@ class DetoxRunner:
 
         def record() -> None:
             self.store.index(report, self.get_config().storage.retention_days)
-            self.audit.write("detoxified", queue_id, **detoxified_fields(report))
+            self.audit.write(Detoxified.of(queue_id, report))
 
         self.spool.hand_off(result, record)
         # The message goes to delivery next: read it now, in this thread, while it is in the page
@@ -230,12 +230,7 @@ class DetoxRunner:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(
                 self.audit.write,
-                "deferred",
-                queue_id,
-                stage="pipeline",
-                reason=why,
-                counted=False,
-                next_attempt=when,
+                PipelineDeferred(queue_id=queue_id, reason=why, counted=False, next_attempt=when),
             )
         self.stage.at(queue_id, when)
 
@@ -256,12 +251,12 @@ class DetoxRunner:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(
                 self.audit.write,
-                "deferred",
-                queue_id,
-                stage="pipeline",
-                reason=why,
-                attempt=count,
-                max_attempts=config.pipeline.max_attempts,
-                next_attempt=when,
+                PipelineDeferred(
+                    queue_id=queue_id,
+                    reason=why,
+                    attempt=count,
+                    max_attempts=config.pipeline.max_attempts,
+                    next_attempt=when,
+                ),
             )
         self.stage.at(queue_id, when)

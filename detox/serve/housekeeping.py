@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from detox.audit import AuditLog
+from detox.audit_events import Purged
 from detox.smtp.handler import RefusalLog
 from detox.spool import Spool
 from detox.store import Store
@@ -35,7 +36,7 @@ class Housekeeping:
         try:
             purged = await asyncio.to_thread(self.store.purge_expired)
             if purged:
-                await asyncio.to_thread(self.audit.write, "purged", None, messages=purged)
+                await asyncio.to_thread(self.audit.write, Purged(messages=purged))
         except Exception:
             log.exception("retention purge failed")
 

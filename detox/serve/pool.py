@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from detox.config.schema import DetoxConfig
+from detox.pipeline.report import MessageReport
 from detox.serve.worker import detoxify_spooled, init_worker
 from detox.serve.worker import ready as worker_ready
 from detox.spool import WorkerResult
@@ -77,7 +78,7 @@ class WorkerPools:
         self._executor = self._new_executor()
         self._solo = None
 
-    async def run(self, queue_id: str, *, solo: bool) -> tuple[dict[str, Any], WorkerResult]:
+    async def run(self, queue_id: str, *, solo: bool) -> tuple[MessageReport, WorkerResult]:
         """One message through a worker: its report and result. BrokenProcessPool when the pool
         broke under it, MessageTimeout when it ran past ``limits.message_timeout_s``."""
         loop = asyncio.get_running_loop()
@@ -101,7 +102,7 @@ class WorkerPools:
             self._replace_broken(executor)
             raise MessageTimeout
         try:
-            result: tuple[dict[str, Any], WorkerResult] = future.result()
+            result: tuple[MessageReport, WorkerResult] = future.result()
         except BrokenProcessPool:
             self._replace_broken(executor)
             raise

@@ -1,16 +1,19 @@
 """Every read of the per-message report in serve, in one place.
 
-The pipeline's report (``PipelineResult.report``) is read by key here and nowhere else in the
-package: for the first delivery state of a detoxified message (its envelope, the original's hash,
-the held parts) and for the ``detoxified`` audit record. A typed report changes these functions only.
+The pipeline's report (:class:`~detox.pipeline.report.MessageReport`, typed) is read here and nowhere
+else in the package: for the first delivery state of a detoxified message (its envelope, the
+original's hash, the held parts). The ``detoxified`` audit record is made from it by
+:meth:`detox.audit_events.Detoxified.of`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
+from detox.envelope import Envelope
+from detox.pipeline.report import MessageReport, PartReport
 from detox.spool import DeliveryState, RecipientState
 
 # Detected types that make a held part count as "executable" whatever rule (or none) held it, so a
@@ -30,55 +33,38 @@ EXECUTABLE_TYPES = frozenset(
 )
 
 
-def held_reasons(parts: list[dict[str, Any]]) -> set[str]:
+def held_reasons(parts: Sequence[PartReport]) -> set[str]:
     """Reasons of the held parts (archive members included), for the DSN decision."""
     reasons = set()
     for part in parts:
-        if part.get("action") != "hold":
+        if part.action != "hold":
             continue
-        reasons.add(str(part.get("reason")))
-        if part.get("detected_type") in EXECUTABLE_TYPES:
+        reasons.add(part.reason)
+        if part.detected_type in EXECUTABLE_TYPES:
             reasons.add("executable")
     return reasons
 
 
-def _received_at(envelope: dict[str, Any]) -> float:
+def _received_at(envelope: Envelope) -> float:
     try:
-        return datetime.fromisoformat(str(envelope.get("received_at"))).timestamp()
+        return datetime.fromisoformat(envelope.received_at).timestamp()
     except ValueError:
         return time.time()
 
 
-def original_sha256(report: dict[str, Any]) -> str:
+def original_sha256(report: MessageReport) -> str:
     """The hash under which the original is kept in the store."""
-    return str(report["message"]["sha256"])
+    return report.message.sha256
 
 
-def initial_state(queue_id: str, report: dict[str, Any]) -> DeliveryState:
+def initial_state(queue_id: str, report: MessageReport) -> DeliveryState:
     """The delivery state of a freshly detoxified message: every recipient pending."""
-    env = report["envelope"]
+    env = report.envelope
     return DeliveryState(
         queue_id=queue_id,
-        mail_from=env["mail_from"],
-        recipients={r: RecipientState() for r in env["rcpt_tos"]},
+        mail_from=env.mail_from,
+        recipients={r: RecipientState() for r in env.rcpt_tos},
         received_at=_received_at(env),
-        original_sha256=report["message"]["sha256"],
-        held_reasons=tuple(sorted(held_reasons(report["parts"]))),
+        original_sha256=report.message.sha256,
+        held_reasons=tuple(sorted(held_reasons(report.parts))),
     )
-
-
-def detoxified_fields(report: dict[str, Any]) -> dict[str, Any]:
-    """The fields of the ``detoxified`` audit record, in their order."""
-    message = report["message"]
-    return {
-        "original_sha256": message["sha256"],
-        "size": message["size"],
-        "header_from": message["from"],
-        "subject": message["subject"],
-        "message_id": message["message_id"],
-        "defects": message["defects"],
-        "parts": report["parts"],
-        "actions": report["actions"],
-        "urls_defanged": report["urls_defanged"],
-        "output_sha256": report["output_sha256"],
-    }

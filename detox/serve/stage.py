@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Literal
 
 from detox.audit import AuditLog
+from detox.audit_events import MovedAside
 from detox.errors import SpoolError
 from detox.spool import Spool
 
@@ -76,7 +78,9 @@ class Stage:
             self.queue.put_nowait(None)
 
 
-def move_aside(spool: Spool, audit: AuditLog, queue_id: str, why: str, stage: str) -> None:
+def move_aside(
+    spool: Spool, audit: AuditLog, queue_id: str, why: str, stage: Literal["pipeline", "spool", "delivery"]
+) -> None:
     """Blocking (call in a thread): the entry to spool/failed/, with a `failed` audit record."""
     log.error("%s moved aside (%s): %s", queue_id, stage, why)
     try:
@@ -84,4 +88,4 @@ def move_aside(spool: Spool, audit: AuditLog, queue_id: str, why: str, stage: st
     except (OSError, SpoolError):
         log.exception("%s: could not move it aside; it stays where it is", queue_id)
     with contextlib.suppress(OSError):
-        audit.write("failed", queue_id, stage=stage, reason=why, moved_to="spool/failed")
+        audit.write(MovedAside(queue_id=queue_id, stage=stage, reason=why))

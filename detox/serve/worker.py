@@ -13,9 +13,9 @@ from __future__ import annotations
 import ctypes
 import signal
 from dataclasses import dataclass
-from typing import Any
 
 from detox.config.schema import DetoxConfig
+from detox.pipeline.report import MessageReport
 from detox.pipeline.runner import Pipeline
 from detox.serve.report import initial_state, original_sha256
 from detox.spool import Spool, WorkerResult
@@ -59,7 +59,7 @@ def ready() -> bool:
     return _state is not None
 
 
-def detoxify_spooled(queue_id: str) -> tuple[dict[str, Any], WorkerResult]:
+def detoxify_spooled(queue_id: str) -> tuple[MessageReport, WorkerResult]:
     """Detoxify one spooled message; return its report and the result in the spool (its first
     delivery state). Raises to let the parent retry.
 

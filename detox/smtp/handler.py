@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detox.audit import AuditLog, now_rfc3339
+from detox.audit_events import DataRefused, Received, SessionRefused
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SpoolError
@@ -92,13 +93,9 @@ class RefusalLog:
             pending.count, pending.clients, pending.last_written = 0, Counter(), now
             try:
                 self.audit.write(
-                    "refused",
-                    None,
-                    stage="session",
-                    limit=limit,
-                    reply=pending.reply,
-                    count=count,
-                    clients=dict(clients.most_common(20)),
+                    SessionRefused(
+                        limit=limit, reply=pending.reply, count=count, clients=dict(clients.most_common(20))
+                    )
                 )
             except OSError:
                 log.exception("audit write failed for refusals (%s)", limit)
@@ -216,19 +213,19 @@ class Handler:
         """Blocking: the message durably in the spool (raises SpoolError), then its audit record."""
         writer.commit()
         env = writer.envelope
-        extra: dict[str, Any] = {"bare_lf": bare_lf} if bare_lf else {}
         # The message is safe on disk; an audit failure must not make the sender send it twice.
         try:
             self.audit.write(
-                "received",
-                env.queue_id,
-                client_address=env.client_address,
-                helo=for_log(env.helo),
-                mail_from=env.mail_from,
-                rcpt_tos=list(env.rcpt_tos),
-                size=writer.size,
-                sha256=writer.sha256,
-                **extra,
+                Received(
+                    queue_id=env.queue_id,
+                    client_address=env.client_address,
+                    helo=for_log(env.helo),
+                    mail_from=env.mail_from,
+                    rcpt_tos=env.rcpt_tos,
+                    size=writer.size,
+                    sha256=writer.sha256,
+                    bare_lf=bare_lf,
+                )
             )
         except OSError:
             log.exception("audit write failed for %s", env.queue_id)
@@ -236,20 +233,18 @@ class Handler:
     def _audit_refused(
         self, env: Envelope, limit: str, reply: str, size: int, error: str | None = None
     ) -> None:
-        extra: dict[str, Any] = {"error": error} if error else {}
         try:
             self.audit.write(
-                "refused",
-                None,
-                stage="data",
-                limit=limit,
-                reply=reply,
-                client_address=env.client_address,
-                helo=for_log(env.helo),
-                mail_from=env.mail_from,
-                rcpt_tos=list(env.rcpt_tos),
-                size=size,
-                **extra,
+                DataRefused(
+                    limit=limit,
+                    reply=reply,
+                    client_address=env.client_address,
+                    helo=for_log(env.helo),
+                    mail_from=env.mail_from,
+                    rcpt_tos=env.rcpt_tos,
+                    size=size,
+                    error=error or None,
+                )
             )
         except OSError:
             log.exception("audit write failed for a refused message from %s", env.client_address)

@@ -52,7 +52,7 @@ ENVELOPE = Envelope("019ABCDEF0123456789A", "sender@example.jp", ("taro@city.exa
 PER_MAIL_TIMEOUT = 60
 
 # pytest-timeout's default "signal" method arms SIGALRM/ITIMER_REAL, which detox's per-filter deadline
-# (detox.pipeline.runner.deadline) re-arms and then cancels: after the first filter the test would have
+# (detox.pipeline.deadline.deadline) re-arms and then cancels: after the first filter the test would have
 # no timeout at all. The "thread" method is not affected (on expiry it dumps all stacks and ends the run).
 per_mail_timeout = pytest.mark.timeout(PER_MAIL_TIMEOUT, method="thread")
 
@@ -147,8 +147,8 @@ def test_pipeline_completes(corpus_mail, pipeline_timings):
     """No exception escapes Pipeline.run: a parse problem must become a held part."""
     result = run_pipeline(corpus_mail, "default", pipeline_timings)
     assert result.output
-    assert result.report["message"]["sha256"] == corpus_mail.sha256, "read a different file than listed"
-    for record in result.report["parts"]:
+    assert result.report.message.sha256 == corpus_mail.sha256, "read a different file than listed"
+    for record in result.report.parts_json():
         assert record["action"] in {"text", "replace", "pass", "hold", "drop"}, record
         assert re.fullmatch("[0-9a-f]{64}", record["sha256"]), record
 
@@ -286,7 +286,7 @@ def test_readable_multiparts_are_walked(corpus_mail, pipeline_timings, request):
     result = run_pipeline(corpus_mail, "default", pipeline_timings)
     held = [
         r["part_id"]
-        for r in result.report["parts"]
+        for r in result.report.parts_json()
         if r["declared_type"].startswith("multipart/") and r["action"] == "hold"
     ]
     if held:
@@ -449,7 +449,7 @@ def test_cli_scan_matches_pipeline(mail_id, corpus_dir, tmp_path):
     scanned = out_file.read_bytes()
     assert b"\r\n" not in scanned, "scan writes LF line endings, like the relay's Maildir files"
     assert _without_varying_headers(scanned) == _without_varying_headers(relay.output)
-    assert report["parts"] == json.loads(json.dumps(relay.report["parts"]))
+    assert report["parts"] == json.loads(json.dumps(relay.report.parts_json()))
     assert report["actions"] == relay.actions
 
     _, everything = output_texts(scanned.replace(b"\n", b"\r\n"))

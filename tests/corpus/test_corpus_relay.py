@@ -325,7 +325,7 @@ def test_corpus_scan_cli(tmp_path: Path, corpus_dir: Path) -> None:
 
 
 def _looks_like_mail(path: Path) -> bool:
-    from detox.dryrun import looks_like_mail
+    from detox.scan import looks_like_mail
 
     with open(path, "rb") as fh:
         head = fh.read(1024)

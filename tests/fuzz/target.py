@@ -48,7 +48,9 @@ from support.invariants import output_problems  # noqa: E402
 
 from detox.config.schema import DetoxConfig  # noqa: E402
 from detox.envelope import Envelope  # noqa: E402
-from detox.pipeline.runner import Pipeline, deadline, parse_message  # noqa: E402
+from detox.pipeline import Pipeline  # noqa: E402
+from detox.pipeline.deadline import deadline  # noqa: E402
+from detox.pipeline.parse import parse_message  # noqa: E402
 from detox.text.charset import decode_body, sniff_html_charset  # noqa: E402
 from detox.text.enriched import enriched_to_text, richtext_to_text  # noqa: E402
 from detox.text.headers import decode_filename, decode_header_value  # noqa: E402
@@ -136,13 +138,13 @@ def _atheris_main(argv: list[str]) -> None:
     same timer, so here they are switched off and ``-timeout=N`` is the per-input bound."""
     import contextlib
 
-    import detox.pipeline.runner as runner
+    import detox.pipeline.decide as decide
 
     def no_deadline(seconds: float) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
     global deadline
-    runner.deadline = deadline = no_deadline  # type: ignore[assignment]
+    decide.deadline = deadline = no_deadline  # type: ignore[assignment]
     pipeline()  # built once, outside any input's timing
     one_input(b"From: a@example.jp\r\nSubject: warm-up\r\n\r\nx\r\n")
 

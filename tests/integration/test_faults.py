@@ -16,13 +16,14 @@ downstream had already queued.
 
 from __future__ import annotations
 
-import smtplib
+import functools
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support import smtp
 from support.detox_proc import DetoxProcess
 from support.faulty_smtp import FaultySmtp
 from support.ledger import Ledger, Settlement, read_audit_events
@@ -76,15 +77,7 @@ def slow_mail() -> bytes:
     return msg.as_bytes()
 
 
-def send(port: int, data: bytes, rcpts: list[str]) -> str:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="mx.vendor.example.com", timeout=60) as client:
-        client.ehlo()
-        client.mail("hanako@vendor.example.com")
-        for rcpt in rcpts:
-            client.rcpt(rcpt)
-        code, reply = client.data(data)
-    assert code == 250, reply
-    return reply.decode().rsplit(" ", 1)[1]
+send = functools.partial(smtp.send, timeout=60)
 
 
 def send_many(port: int, n: int, ledger: Ledger, rcpts: list[str] | None = None) -> list[str]:

@@ -7,58 +7,31 @@ the audit log records the exception and still verifies.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import os
-import smtplib
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.detox_proc import REPO, DetoxProcess
+from support.detox_proc import REPO, DetoxProcess, ok
+from support.invariants import parse_output as parsed
 from support.mails import CITY, ppap_mail
 from support.sink import SmtpSink
+from support.smtp import send
 
 TARO = f"taro@{CITY}"
 
 
-def send(port: int, data: bytes, sender: str = "hanako@vendor.example.com") -> str:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="mx.vendor.example.com", timeout=30) as client:
-        client.ehlo()
-        client.mail(sender)
-        client.rcpt(TARO)
-        code, text = client.data(data)
-    assert code == 250, text
-    return text.decode().rsplit(" ", 1)[1]
-
-
 def detox(proc: DetoxProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m detox ARGS --config <the serve's config>``, run where serve runs (relative state dir)."""
-    return subprocess.run(
-        [sys.executable, "-m", "detox", *args, "--config", str(proc.config)],
-        cwd=proc.workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return proc.cli(*args, timeout=120)
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def audit_records(proc: DetoxProcess) -> list[dict[str, Any]]:
-    from detox.audit import read_records
-
-    return read_records(proc.state / "audit" / "audit.jsonl")
+audit_records = DetoxProcess.audit_records
 
 
 def wait_delivered(proc: DetoxProcess, queue_id: str, timeout: float = 10) -> None:
@@ -66,12 +39,6 @@ def wait_delivered(proc: DetoxProcess, queue_id: str, timeout: float = 10) -> No
     while not any(r["event"] == "delivered" and r.get("queue_id") == queue_id for r in audit_records(proc)):
         assert time.monotonic() < deadline, f"no delivered record for {queue_id}"
         time.sleep(0.1)
-
-
-def parsed(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def serve(tmp_path: Path, sink: SmtpSink, **sections: dict[str, Any]) -> DetoxProcess:

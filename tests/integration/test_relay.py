@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import json
-import smtplib
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, smtp
 from support.detox_proc import DetoxProcess
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
@@ -41,15 +41,7 @@ def japanese_html_mail(subject: str = "【重要】①㈱髙橋 のお知らせ"
     return msg.as_bytes(policy=email.policy.SMTP)  # CRLF, as real clients send
 
 
-def send(port: int, data: bytes, rcpts: list[str] | None = None, sender: str = "takahashi@example.jp") -> str:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="mx.example.jp", timeout=30) as client:
-        client.ehlo()
-        client.mail(sender)
-        for rcpt in rcpts or [RCPT]:
-            client.rcpt(rcpt)
-        code, text = client.data(data)
-    assert code == 250, text
-    return text.decode().rsplit(" ", 1)[1]
+send = functools.partial(smtp.send, sender="takahashi@example.jp", helo="mx.example.jp")
 
 
 def audit_events(proc: DetoxProcess) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import functools
 import json
 import os
 import re
@@ -26,12 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
-from support.detox_proc import REPO, DetoxProcess, write_config
+from support import free_port, smtp
+from support.detox_proc import DetoxProcess, ok, write_config
 from support.faulty_filter import install_faulty_filter
+from support.invariants import parse_output as parsed
 from support.mails import EXE, mail
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
+from support.smtp import expected, reply_bytes
+
+from detox.smtp import replies
 
 CITY = "city.example.lg.jp"
 TARO = f"taro@{CITY}"
@@ -55,22 +60,10 @@ def message(subject: str = "配送テスト", body: str = "本文です。①㈱
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def send(port: int, data: bytes, rcpts: list[str] | None = None, sender: str = SENDER) -> str:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="mx.vendor.example.com", timeout=30) as client:
-        client.ehlo()
-        client.mail(sender)
-        for rcpt in rcpts or [TARO]:
-            client.rcpt(rcpt)
-        code, text = client.data(data)
-    assert code == 250, text
-    return text.decode().rsplit(" ", 1)[1]
+send = functools.partial(smtp.send, sender=SENDER)
 
 
-def records(proc: DetoxProcess) -> list[dict[str, Any]]:
-    from detox.audit import read_records
-
-    path = proc.state / "audit" / "audit.jsonl"
-    return read_records(path) if path.exists() else []
+records = DetoxProcess.audit_records
 
 
 def wait_for(
@@ -98,28 +91,7 @@ def wait_records(
     return result
 
 
-def cli(proc: DetoxProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m detox ARGS --config <serve's config>`` where serve runs, with its environment."""
-    pythonpath = os.pathsep.join(p for p in (proc.env.get("PYTHONPATH"), str(REPO)) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "detox", *args, "--config", str(proc.config)],
-        cwd=proc.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **proc.env, "PYTHONPATH": pythonpath},
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def parsed(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
+cli = DetoxProcess.cli  # cli(proc, ARGS): `python -m detox ARGS --config <serve's config>` where it runs
 
 
 def serve(
@@ -596,7 +568,7 @@ def test_sighup_applies_a_valid_config_keeps_sessions_and_refuses_an_invalid_one
         with smtplib.SMTP("127.0.0.1", proc.port, timeout=30) as session:  # open across the reload
             session.ehlo()
             session.mail(SENDER)
-            assert session.rcpt(town)[0] == 550
+            assert session.rcpt(town) == expected(replies.RELAY_DENIED)
             session.rset()
 
             write_config(
@@ -608,7 +580,7 @@ def test_sighup_applies_a_valid_config_keeps_sessions_and_refuses_an_invalid_one
             assert "server.accepted_domains" in reloaded["changed"] and reloaded["source"] == "SIGHUP"
 
             session.mail(SENDER)
-            assert session.rcpt(town)[0] == 250  # the same session, the new rule
+            assert session.rcpt(town) == expected(replies.RCPT_OK)  # the same session, the new rule
             code, _ = session.data(message("after reload"))
             assert code == 250
 
@@ -617,7 +589,7 @@ def test_sighup_applies_a_valid_config_keeps_sessions_and_refuses_an_invalid_one
             [bad] = wait_records(proc, "reloaded", ok=False)
             assert "no_such_key" in bad["error"] or "twice" in bad["error"]
             session.mail(SENDER)
-            assert session.rcpt(town)[0] == 250  # the running config stayed
+            assert session.rcpt(town) == expected(replies.RCPT_OK)  # the running config stayed
             session.rset()
         smtp_sink.wait_for(1, timeout=30)
 
@@ -629,7 +601,7 @@ def test_sighup_applies_a_valid_config_keeps_sessions_and_refuses_an_invalid_one
         with smtplib.SMTP("127.0.0.1", proc.port, timeout=30) as client:  # still on its old address
             client.ehlo()
             client.mail(SENDER)
-            assert client.rcpt(town)[0] == 550  # accepted_domains back to the default
+            assert client.rcpt(town) == expected(replies.RELAY_DENIED)  # accepted_domains back to the default
         assert proc.proc.poll() is None
     finally:
         proc.stop()
@@ -656,7 +628,7 @@ def test_back_pressure_and_session_caps_in_the_real_serve(
         with smtplib.SMTP("127.0.0.1", proc.port, timeout=30) as client:
             client.ehlo()
             code, text = client.mail(SENDER)
-            assert (code, text) == (451, b"4.3.2 System busy, please try again later")
+            assert (code, text) == expected(replies.BUSY)
         wait_records(proc, "delivered", queue_id=slow[0], timeout=60)
         send(proc.port, message("room again"))  # the backlog went down
         [refused] = wait_records(proc, "refused", limit="limits.max_backlog_messages")
@@ -669,9 +641,7 @@ def test_back_pressure_and_session_caps_in_the_real_serve(
         for s in held:
             assert s.recv(100).startswith(b"220")
         extra = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
-        assert (
-            extra.recv(200) == b"421 4.7.0 Too many connections from your address, please try again later\r\n"
-        )
+        assert extra.recv(200) == reply_bytes(replies.TOO_MANY_SESSIONS_CLIENT) + b"\r\n"
         extra.close()
         for s in held:
             s.close()
@@ -701,7 +671,7 @@ def test_long_lines_and_bare_lf_reach_lgwan_rebuilt(tmp_path: Path, smtp_sink: S
             client.mail(SENDER)
             client.rcpt(TARO)
             code, text = client.data(too_long)
-        assert (code, text) == (500, b"5.6.0 Line too long (limit 400000 bytes)")
+        assert (code, text) == expected(replies.LINE_TOO_LONG, limit=400_000)
         got = {parsed(m.data)["X-Detox-Id"]: m.data for m in smtp_sink.wait_for(2, timeout=30)}
         assert max(len(line) for line in got[first].split(b"\r\n")) <= 998  # rebuilt within RFC 5322
         assert (
@@ -714,7 +684,7 @@ def test_long_lines_and_bare_lf_reach_lgwan_rebuilt(tmp_path: Path, smtp_sink: S
         received = {r["queue_id"]: r for r in records(proc) if r["event"] == "received"}
         assert received[second]["bare_lf"] == 5 and "bare_lf" not in received[first]
         [refused] = wait_records(proc, "refused", limit="limits.max_line_length")
-        assert refused["reply"].startswith("500 5.6.0")
+        assert refused["reply"] == replies.LINE_TOO_LONG.format(limit=400_000)
     finally:
         proc.stop()
 

@@ -28,29 +28,22 @@ from hypothesis import given
 from mimegen import GeneratedMail, hostile_mails, mails
 from profiles import profile
 from support.invariants import assert_clean_output, output_text, parse_output
+from support.pipelines import pipeline_runner
 
-from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.notice import hold_id
-from detox.pipeline.runner import DetoxResult, Pipeline
+from detox.pipeline.runner import DetoxResult
 
 ENVELOPE = Envelope("019ABCDEF0123456789A", "sender@example.jp", ("taro@city.example.lg.jp",))
 
 pytestmark = [pytest.mark.property, pytest.mark.timeout(300, method="thread")]
 
-_PIPELINE: Pipeline | None = None
-
-
-def pipeline() -> Pipeline:
-    """One pipeline for every example (the default configuration: bubblewrap sandbox, fail closed)."""
-    global _PIPELINE
-    if _PIPELINE is None:
-        _PIPELINE = Pipeline(DetoxConfig())
-    return _PIPELINE
+# One pipeline for every example (the default configuration: bubblewrap sandbox, fail closed).
+_run = pipeline_runner(ENVELOPE, shared=True)
 
 
 def run(mail: GeneratedMail) -> DetoxResult:
-    return pipeline().run(mail.raw, ENVELOPE)  # property 1: any exception fails the example
+    return _run(mail.raw)  # property 1: any exception fails the example
 
 
 def check_common(result: DetoxResult) -> None:

@@ -120,12 +120,38 @@ class DetoxProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``python -m detox ARGS --config <this serve's config>``, run where serve runs, with its
+        environment (a relative state directory is the same one)."""
+        pythonpath = os.pathsep.join(p for p in (self.env.get("PYTHONPATH"), str(REPO)) if p)
+        return subprocess.run(
+            [sys.executable, "-m", "detox", *args, "--config", str(self.config)],
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env, "PYTHONPATH": pythonpath},
+        )
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every audit record so far (rotated files included), oldest first; none before the first."""
+        from detox.audit import read_records
+
+        path = self.state / "audit" / "audit.jsonl"
+        return read_records(path) if path.exists() else []
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     @property
     def state(self) -> Path:
         return self.workdir / "var"
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The standard output of a command that must have succeeded (else its exit code and output)."""
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 def _children(pid: int) -> list[int]:

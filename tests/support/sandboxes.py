@@ -1,14 +1,16 @@
-"""The real sandbox for converter tests: skipped where it cannot exist, a failure under CI=true."""
+"""Sandboxes for converter tests: the real one (skipped where it cannot exist, a failure under CI=true)
+and a canned one that answers what the test says, to check what a filter makes of the answer."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import pytest
 
 from detox.config.schema import DetoxConfig
 from detox.errors import SandboxError
-from detox.sandbox.base import Sandbox
+from detox.sandbox.base import Limits, Sandbox
 from support import in_ci
 
 
@@ -27,6 +29,23 @@ def real_sandbox(config: DetoxConfig | None = None) -> Sandbox:
         return make_sandbox(config or DetoxConfig())
     except (ImportError, SandboxError) as exc:
         skip_or_fail(f"no sandbox provider here: {exc}")
+
+
+class CannedSandbox(Sandbox):
+    """Answers every run with the same bytes: the filter must not believe whatever the sandbox says.
+
+    With ``module``, a run of any other converter fails the test.
+    """
+
+    name = "fake"
+
+    def __init__(self, answer: bytes, module: str | None = None) -> None:
+        self.answer = answer
+        self.module = module
+
+    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
+        assert self.module is None or module == self.module, module
+        return self.answer
 
 
 def require_libreoffice() -> None:

@@ -24,7 +24,7 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,7 +34,7 @@ import pikepdf
 import pytest
 from PIL import Image, PngImagePlugin
 from support.inert import OFFICE_OUTPUT_TYPES, assert_office_clean, assert_zip_clean
-from support.sandboxes import skip_or_fail
+from support.sandboxes import CannedSandbox, skip_or_fail
 
 from detox.config.schema import DetoxConfig, NoticeConfig
 from detox.envelope import Envelope
@@ -50,7 +50,7 @@ from detox.filters.base import FilterContext
 from detox.pipeline.model import Action, Part, PartRecord, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import DetoxResult, Pipeline, detect_type
-from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.base import Limits
 from detox.sandbox.inside.converters import archive as converter
 
 # The reason texts proposed for notice.reasons (config/detox.toml); rendered here to see them work.
@@ -756,17 +756,6 @@ def test_lzh_opt_in_stops_a_bomb_or_crashes_contained(lzh_pipeline: Pipeline) ->
 # -- the filter's own checks on the converter's answer (no sandbox needed) --------------------------
 
 
-class FakeSandbox(Sandbox):
-    name = "fake"
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-
-    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        assert module == "archive"
-        return self.answer
-
-
 def pass_member(part: Part) -> tuple[Verdict, PartRecord]:
     record = PartRecord(part.part_id, "attachment", part.declared_type, part.detected_type,
                         part.untrusted_filename, part.size, part.sha256, "x", "pass")  # fmt: skip
@@ -778,7 +767,8 @@ def fake_ctx(
     decide: Callable[[Part], tuple[Verdict, PartRecord]] = pass_member,
     config: DetoxConfig = CONFIG,
 ) -> FilterContext:
-    return FilterContext("Q", "example.jp", config, sandbox=FakeSandbox(answer), decide_member=decide)
+    sandbox = CannedSandbox(answer, "archive")
+    return FilterContext("Q", "example.jp", config, sandbox=sandbox, decide_member=decide)
 
 
 def zip_part(part_id: str = "2") -> Part:

@@ -19,8 +19,10 @@ import pytest
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
+from detox.pipeline import DetoxResult, Pipeline
+from detox.pipeline.detect import detect_type, plainly_text
 from detox.pipeline.model import DETECTED_BY_LIBMAGIC, DETECTED_BY_TEXT_BYTES, PartRecord
-from detox.pipeline.runner import DetoxResult, Pipeline, _plainly_text, detect_type, parse_message
+from detox.pipeline.parse import parse_message
 from detox.text import charset as _charset  # registers the iso-2022-jp-ms codec
 
 assert _charset
@@ -100,7 +102,7 @@ def test_plainly_text_body_is_typed_as_declared_without_libmagic(
     assert record.detected_type == f"text/{subtype}"
     assert record.action == "text" and record.role == "body"
     assert record.charset == codec.replace("_", "-")
-    part = json.loads(json.dumps(result.report))["parts"][0]
+    part = json.loads(result.report.to_json())["parts"][0]
     assert part["detected_by"] == "text-bytes" and part["detected_type"] == f"text/{subtype}"
     assert "".join(text.split()) in "".join(_body(result).split())  # HTML joins the lines
 
@@ -179,7 +181,7 @@ def test_empty_body_keeps_the_empty_type() -> None:
 def test_plainly_text_allows_exactly_tab_lf_cr_ff_esc_among_c0() -> None:
     allowed = {0x09, 0x0A, 0x0C, 0x0D, 0x1B}
     for byte in range(0x20):
-        assert _plainly_text(b"abc" + bytes([byte]) + b"def") is (byte in allowed), hex(byte)
-    assert _plainly_text(bytes(range(0x20, 0x100)))  # DEL and every 8-bit byte: charsets decide
-    assert not _plainly_text(b"")
-    assert not _plainly_text(b"MZ plain words")  # a signature up front goes to libmagic
+        assert plainly_text(b"abc" + bytes([byte]) + b"def") is (byte in allowed), hex(byte)
+    assert plainly_text(bytes(range(0x20, 0x100)))  # DEL and every 8-bit byte: charsets decide
+    assert not plainly_text(b"")
+    assert not plainly_text(b"MZ plain words")  # a signature up front goes to libmagic

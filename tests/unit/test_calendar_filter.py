@@ -8,10 +8,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.pipelines import pipeline_runner
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
-from detox.pipeline.runner import DetoxResult, Pipeline
+from detox.pipeline.runner import DetoxResult
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
 ENV = Envelope("0190000000000CAL00", "soumu@pref.example.lg.jp", ("taro@city.example.lg.jp",))
@@ -51,8 +52,7 @@ END:VCALENDAR\r
 """
 
 
-def run(raw: bytes, config: DetoxConfig | None = None) -> DetoxResult:
-    return Pipeline(config or DetoxConfig()).run(raw, ENV)
+run = pipeline_runner(ENV)
 
 
 def outlook_invite() -> bytes:
@@ -205,5 +205,5 @@ def test_the_notice_lists_what_was_converted_with_both_hashes() -> None:
     assert "・invite.ics（" in notice and "→ invite.ics.txt（予定表をテキストに変換） 除去: alarm=1" in notice
     assert f"SHA-256 元: {record.sha256}" in notice
     assert f"SHA-256 後: {hashlib.sha256(converted.encode('utf-8')).hexdigest()}" in notice
-    assert result.report["parts"][-1]["output_filename"] == "invite.ics.txt"
-    assert result.report["parts"][-1]["conversion"] == "calendar-converted"
+    assert result.report.parts[-1].output_filename == "invite.ics.txt"
+    assert result.report.parts[-1].conversion == "calendar-converted"

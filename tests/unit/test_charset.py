@@ -1,4 +1,4 @@
-"""Tests for detox.text.charset: the iso-2022-jp-ms codec, decode_body, encode_body, meta sniffing."""
+"""detox.text.charset and its iso2022jp_ms codec: the codec, decode_body, encode_body, meta sniffing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detox.text import charset as charset_module
+from detox.text import iso2022jp_ms as codec_module
 from detox.text.charset import Decoded, decode_body, encode_body, normalize_label, sniff_html_charset
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
@@ -184,19 +184,19 @@ def test_iso2022jp_ms_decode_only_raises_unicode_errors(raw: bytes, errors: str)
 
 def _state_machine(raw: bytes, errors: str = "strict") -> str:
     """The codec's byte-by-byte state machine alone, without the well-formed fast path."""
-    decoder = charset_module._Decoder(raw, errors)
-    saved = charset_module._decode_clean
-    charset_module._decode_clean = lambda data: None
+    decoder = codec_module._Decoder(raw, errors)
+    saved = codec_module._decode_clean
+    codec_module._decode_clean = lambda data: None
     try:
         return decoder.run()
     finally:
-        charset_module._decode_clean = saved
+        codec_module._decode_clean = saved
 
 
 def test_fast_path_gives_the_state_machines_text_for_every_jis_pair() -> None:
     for j1 in range(0x21, 0x7F):
         raw = b"a\x1b$B" + b"".join(bytes((j1, j2)) for j2 in range(0x21, 0x7F)) + b"\x1b(Bz"
-        fast = charset_module._decode_clean(raw)
+        fast = codec_module._decode_clean(raw)
         slow = _state_machine(raw, "replace")
         if fast is None:  # an undefined code in the row: left to the state machine
             assert "\ufffd" in slow
@@ -212,11 +212,12 @@ _ISO2022_PIECES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(_ISO2022_PIECES), max_size=16))
 def test_fast_path_is_the_state_machine_or_declines(pieces: list[bytes]) -> None:
     raw = b"".join(pieces)
-    fast = charset_module._decode_clean(raw)
+    fast = codec_module._decode_clean(raw)
     if fast is not None:
         assert fast == _state_machine(raw)
     assert raw.decode("iso-2022-jp-ms", "replace") == _state_machine(raw, "replace")
@@ -224,7 +225,7 @@ def test_fast_path_is_the_state_machine_or_declines(pieces: list[bytes]) -> None
 
 def test_fast_path_takes_outlook_mail() -> None:
     raw = LETTER.encode("iso-2022-jp-ms") + b"\r\n" + NEC_IBM.encode("iso-2022-jp-ms")
-    assert charset_module._decode_clean(raw) == LETTER + "\r\n" + NEC_IBM
+    assert codec_module._decode_clean(raw) == LETTER + "\r\n" + NEC_IBM
 
 
 # ============================================================================ labels
@@ -379,6 +380,7 @@ def test_sniff_html_charset(raw: bytes, label: str | None) -> None:
     assert sniff_html_charset(raw) == label
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     st.binary(max_size=400),

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.configs import config_file
 
 from detox.audit import AuditLog
-from detox.cli import EXIT_NOT_FOUND, EXIT_USAGE, main
-from detox.cli_admin import format_record, parse_when
+from detox.cli import ExitCode, main
+from detox.cli.audit import format_record
+from detox.cli.common import parse_when
 
 
 def test_dates_and_datetimes() -> None:
@@ -38,21 +40,15 @@ def test_a_record_on_one_line() -> None:
     assert "\x1b" not in line and "prev" not in line
 
 
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "detox.toml"
-    path.write_text(f'[storage]\nstate_dir = "{tmp_path / "var"}"\nfsync = false\n', encoding="utf-8")
-    return path
-
-
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(config_file(tmp_path))
-    assert main(["quarantine", "list", "--config", config]) == EXIT_NOT_FOUND  # no index yet
+    assert main(["quarantine", "list", "--config", config]) == ExitCode.NOT_FOUND  # no index yet
     assert "no detox index" in capsys.readouterr().err
-    assert main(["audit", "verify", "--config", config]) == EXIT_NOT_FOUND
+    assert main(["audit", "verify", "--config", config]) == ExitCode.NOT_FOUND
     with pytest.raises(SystemExit) as exc:
         main(["quarantine", "list", "--since", "yesterday", "--config", config])
-    assert exc.value.code == EXIT_USAGE
-    assert main(["quarantine", "show", "../../etc/passwd", "--config", config]) == EXIT_USAGE
+    assert exc.value.code == ExitCode.USAGE
+    assert main(["quarantine", "show", "../../etc/passwd", "--config", config]) == ExitCode.USAGE
 
 
 def test_verify_and_tail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,12 +155,14 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_config_cli_ok() -> None:
     result = run_cli("check-config", "config/detox.toml")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 
 
+@pytest.mark.slow
 def test_check_config_cli_unknown_key_exit_2(tmp_path: Path) -> None:
     path = write(tmp_path, "[urls]\ndefang = true\nexempt = []\n")
     result = run_cli("check-config", str(path))
@@ -204,6 +206,7 @@ def test_exempt_sender_domains_are_normalised(tmp_path: Path) -> None:
     assert config.urls.exempt_sender_domains == ("partner.example",)
 
 
+@pytest.mark.slow
 def test_check_config_tries_the_sandbox(tmp_path: Path) -> None:
     """A valid file whose sandbox cannot run converters fails check-config: at run time every
     converted attachment would be held as filter-error."""

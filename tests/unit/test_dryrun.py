@@ -9,7 +9,7 @@ import pytest
 from support.mails import EXE, mail, ppap_mail
 
 from detox.config.schema import DetoxConfig
-from detox.dryrun import Inputs, is_multi, render_summary, summarize
+from detox.scan import Inputs, is_multi, render_summary, summarize
 
 
 @pytest.fixture

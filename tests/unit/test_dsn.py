@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import time
-from email.message import EmailMessage, Message
+from email.message import Message
 
 import pytest
+from support.configs import make_config
+from support.invariants import parse_output as parse
 
 from detox.config.schema import DeliveryConfig, DetoxConfig
 from detox.dsn import (
@@ -31,7 +31,7 @@ ORIGINAL = (
 
 
 def config(**delivery: object) -> DetoxConfig:
-    return DetoxConfig(delivery=DeliveryConfig(bounce_via="smtp://127.0.0.1:25", **delivery))  # type: ignore[arg-type]
+    return make_config(delivery={"bounce_via": "smtp://127.0.0.1:25", **delivery})
 
 
 def state(mail_from: str = "takahashi@vendor.example.com", **kw: object) -> DeliveryState:
@@ -45,12 +45,6 @@ def state(mail_from: str = "takahashi@vendor.example.com", **kw: object) -> Deli
         received_at=time.time() - 3600,
         **kw,  # type: ignore[arg-type]
     )
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def test_dsn_is_a_delivery_status_report_with_japanese_and_english() -> None:

@@ -10,13 +10,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.pipelines import pipeline_runner
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
-from detox.pipeline.runner import Pipeline
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
 ENV = Envelope("019ABCDEF0123456789A", "somebody@example.jp", ("taro@city.example.lg.jp",))
+run = pipeline_runner(ENV)
 ALLOWED = {"text/plain", "text/csv", "multipart/mixed", "message/rfc822"}
 
 # file → (subject, strings in the body text, strings that must NOT be there, attachment names kept,
@@ -196,10 +197,7 @@ CASES: dict[str, tuple[str, list[str], list[str], list[str], list[str]]] = {
 
 
 def detoxify(name: str, config: DetoxConfig | None = None) -> EmailMessage:
-    result = Pipeline(config or DetoxConfig()).run((FIXTURES / name).read_bytes(), ENV)
-    out = email.message_from_bytes(result.output, policy=email.policy.default)
-    assert isinstance(out, EmailMessage)
-    return out
+    return run.parsed((FIXTURES / name).read_bytes(), config)[1]
 
 
 def test_every_fixture_has_a_case() -> None:
@@ -266,6 +264,7 @@ def test_iso2022jp_output_option(name: str) -> None:
     assert "㈱髙﨑" in raw.decode("iso-2022-jp-ms")
 
 
+@pytest.mark.slow
 def test_scan_cli_gives_the_same_result_as_the_pipeline(tmp_path: Path) -> None:
     name = "multipart-alternative-iso2022jp-utf8html.eml"
     report = tmp_path / "report.json"
@@ -299,6 +298,7 @@ def test_scan_cli_gives_the_same_result_as_the_pipeline(tmp_path: Path) -> None:
     assert all(len(p["sha256"]) == 64 for p in data["parts"])
 
 
+@pytest.mark.slow
 def test_scan_cli_exit_codes(tmp_path: Path) -> None:
     missing = subprocess.run(
         [sys.executable, "-m", "detox", "scan", str(tmp_path / "nope.eml")], capture_output=True, timeout=60

@@ -15,37 +15,23 @@ Each has a fixture under fixtures/mail/ (see its README) and a minimal case here
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.invariants import parse_output as parse
+from support.pipelines import pipeline_runner
 
-from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.pipeline.compose import serialize, set_header
-from detox.pipeline.runner import DetoxResult, Pipeline, parse_message
+from detox.pipeline.parse import parse_message
 from detox.text.headers import decode_filename
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mail"
 ENV = Envelope("019ABCDEF0123456789A", "somebody@example.jp", ("taro@city.example.lg.jp",))
 CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
-_PIPELINE: Pipeline | None = None
-
-
-def run(raw: bytes) -> DetoxResult:
-    global _PIPELINE
-    if _PIPELINE is None:
-        _PIPELINE = Pipeline(DetoxConfig())
-    return _PIPELINE.run(raw, ENV)
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
+run = pipeline_runner(ENV, shared=True)
 
 
 def head_lines(data: bytes) -> list[bytes]:

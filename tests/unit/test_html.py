@@ -466,6 +466,7 @@ def test_visible_styles_are_kept() -> None:
 # -- limits and hostile input -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("open_tag", "close_tag"),
     [

@@ -17,14 +17,13 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import ExifTags, Image, ImageCms, PngImagePlugin
-from support.sandboxes import real_sandbox
+from support.sandboxes import CannedSandbox, real_sandbox
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -35,7 +34,7 @@ from detox.filters.image import ImageFilter, ImageOptions, output_filename
 from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
-from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.base import Sandbox
 from detox.sandbox.inside.converters import image as converter
 
 CONFIG = DetoxConfig.model_validate({"sandbox": {"provider": "bwrap"}})
@@ -448,7 +447,7 @@ def test_a_held_answer_with_another_reason_or_bytes_is_an_error() -> None:
         ({"status": "held", "reason": "limit-exceeded"}, b"x"),
     ):
         ctx = FilterContext(
-            "Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(meta, image))
+            "Q", "example.jp", CONFIG, sandbox=CannedSandbox(converter.pack_result(meta, image))
         )
         with pytest.raises(DetoxError):
             FILTER.process(make_part(save(photo(), "PNG")), ctx)
@@ -593,8 +592,8 @@ def test_through_the_pipeline(sandbox: Sandbox) -> None:
     assert isinstance(png_bytes, bytes)
     check_output(png_bytes, "image/png", (96, 64))
     assert bmp_record.output_sha256 == hashlib.sha256(png_bytes).hexdigest()
-    report_parts = {p["filename"]: p for p in result.report["parts"]}
-    assert report_parts["現場写真.jpg"]["output_sha256"] == jpeg_record.output_sha256
+    report_parts = {p.filename: p for p in result.report.parts}
+    assert report_parts["現場写真.jpg"].output_sha256 == jpeg_record.output_sha256
 
 
 # -- names, options, the wire format (no sandbox needed) ----------------------------------------
@@ -652,18 +651,6 @@ def test_wire_format_round_trip_and_malformed_results() -> None:
             converter.unpack_result(bad)
 
 
-class _FakeSandbox(Sandbox):
-    """Returns a canned result: checks that the filter does not believe whatever the sandbox says."""
-
-    name = "fake"
-
-    def __init__(self, result: bytes) -> None:
-        self.result = result
-
-    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        return self.result
-
-
 GOOD_PNG = save(Image.new("RGB", (4, 4)), "PNG")
 
 
@@ -680,7 +667,7 @@ GOOD_PNG = save(Image.new("RGB", (4, 4)), "PNG")
     ],
 )
 def test_filter_rejects_implausible_converter_results(meta: dict[str, object], image: bytes) -> None:
-    ctx = FilterContext("Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(meta, image)))
+    ctx = FilterContext("Q", "example.jp", CONFIG, sandbox=CannedSandbox(converter.pack_result(meta, image)))
     with pytest.raises(DetoxError):
         FILTER.process(make_part(save(photo(), "PNG")), ctx)
 

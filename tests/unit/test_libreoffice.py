@@ -63,6 +63,10 @@ from detox.sandbox.libreoffice import FILTERS, LibreOffice, OfficeSettings, inst
 from detox.sandbox.resident import ResidentProcess
 from detox.sandbox.spawn import Launch
 
+# LibreOffice's tests: most start soffice; the rest (frames, options, the resident process) are the host
+# side of the same converter and go with them. Out of `make test-fast`.
+pytestmark = pytest.mark.libreoffice
+
 CONFIG = DetoxConfig.model_validate({"sandbox": {"provider": "bwrap"}})
 ENV = Envelope("0190000000000LO1", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx")
 JAPANESE = "①㈱髙橋の見積書"

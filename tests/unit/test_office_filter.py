@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 from support.inert import assert_inert, assert_office_clean
-from support.sandboxes import real_sandbox, require_libreoffice
+from support.sandboxes import CannedSandbox, real_sandbox, require_libreoffice
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
@@ -50,7 +50,7 @@ from detox.filters.office import OfficeFilter, OfficeOptions, output_filename
 from detox.pipeline.model import Action, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
 from detox.pipeline.runner import Pipeline, detect_type
-from detox.sandbox.base import Limits, Sandbox
+from detox.sandbox.base import Sandbox
 from detox.sandbox.inside.converters import office as converter
 
 with warnings.catch_warnings():  # oletools' pyparsing grammar warns about deprecated names on import
@@ -1263,8 +1263,10 @@ def test_options_are_strict_and_hyperlinks_follow_the_body_policy() -> None:
         OfficeOptions.model_validate({"max_members": 0})
     with pytest.raises(ValidationError):
         OfficeOptions.model_validate({"macros": "keep"})
-    defanging = FilterContext("Q", "example.jp", CONFIG, defang_urls=True, sandbox=_FakeSandbox(b""))
-    exempt = FilterContext("Q", "example.jp", CONFIG, defang_urls=False, sandbox=_FakeSandbox(b""))
+    defanging = FilterContext(
+        "Q", "example.jp", CONFIG, defang_urls=True, sandbox=CannedSandbox(b"", "office")
+    )
+    exempt = FilterContext("Q", "example.jp", CONFIG, defang_urls=False, sandbox=CannedSandbox(b"", "office"))
     part = make_part(_ZIP, "report.docx")
 
     def converter_args(flt: OfficeFilter, ctx: FilterContext) -> dict[str, Any]:
@@ -1282,19 +1284,6 @@ def test_wire_format_round_trip_and_malformed_results() -> None:
     for bad in (b"", b"\x00\x00", struct.pack(">I", 10) + b"{}", struct.pack(">I", 2) + b"[]"):
         with pytest.raises(ValueError):
             converter.unpack_result(bad)
-
-
-class _FakeSandbox(Sandbox):
-    """Returns a canned result: checks that the filter does not believe whatever the sandbox says."""
-
-    name = "fake"
-
-    def __init__(self, result: bytes) -> None:
-        self.result = result
-
-    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        assert module == "office"
-        return self.result
 
 
 _ZIP = zip_package({"a.xml": "<a/>"})
@@ -1318,21 +1307,22 @@ _OK = {"status": "ok", "content_type": WML + "document", "extension": "docx", "r
 )
 def test_filter_rejects_implausible_converter_results(header: dict[str, object], package: bytes) -> None:
     fake = FilterContext(
-        "Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(header, package))
+        "Q", "example.jp", CONFIG, sandbox=CannedSandbox(converter.pack_result(header, package), "office")
     )
     with pytest.raises(SandboxError):
         FILTER.process(make_part(docx(), "a.docx"), fake)
 
 
 def test_filter_accepts_a_plausible_converter_result() -> None:
-    fake = FilterContext("Q", "example.jp", CONFIG, sandbox=_FakeSandbox(converter.pack_result(_OK, _ZIP)))
+    sandbox = CannedSandbox(converter.pack_result(_OK, _ZIP), "office")
+    fake = FilterContext("Q", "example.jp", CONFIG, sandbox=sandbox)
     verdict = FILTER.process(make_part(docx(), "a.docm"), fake)
     assert verdict.output is not None and verdict.output.filename == "a.docx"
     held = FilterContext(
         "Q",
         "example.jp",
         CONFIG,
-        sandbox=_FakeSandbox(converter.pack_result({"status": "held", "reason": "encrypted"})),
+        sandbox=CannedSandbox(converter.pack_result({"status": "held", "reason": "encrypted"}), "office"),
     )
     assert FILTER.process(make_part(docx(), "a.docx"), held).reason == "encrypted"
 
@@ -1340,6 +1330,7 @@ def test_filter_accepts_a_plausible_converter_result() -> None:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+@pytest.mark.libreoffice
 def test_through_the_pipeline(sandbox: Sandbox, tmp_path: Path) -> None:
     require_libreoffice()  # the RTF attachment becomes a PDF
     docm = docx(

@@ -27,7 +27,7 @@ import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pytest
 from pikepdf import Array, Dictionary, Name, String
 from support.inert import MARK, assert_inert
-from support.sandboxes import real_sandbox
+from support.sandboxes import CannedSandbox, real_sandbox
 
 from detox.config.schema import DetoxConfig, SandboxConfig
 from detox.envelope import Envelope
@@ -838,16 +838,6 @@ def test_filter_raises_on_garbage_that_looks_like_pdf(sandbox: Sandbox) -> None:
         _filter(mode="sanitize").process(_part(data), _ctx(sandbox))
 
 
-class _Answering(Sandbox):
-    name = "fake"
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-
-    def run(self, module: str, data: bytes, args: Mapping[str, Any], limits: Limits) -> bytes:
-        return self.answer
-
-
 @pytest.mark.parametrize(
     "answer",
     [
@@ -880,14 +870,14 @@ class _Answering(Sandbox):
 def test_filter_rejects_malformed_converter_answers(answer: bytes) -> None:
     data = save(text_pdf())
     with pytest.raises(SandboxError):
-        _filter().process(_part(data), _ctx(_Answering(answer)))
+        _filter().process(_part(data), _ctx(CannedSandbox(answer)))
 
 
 def test_limits_follow_the_config() -> None:
     config = DetoxConfig.model_validate(
         {"filters": {"pdf": {"timeout_s": 20}}, "sandbox": {"memory_mb": 1024, "cpu_s": 15}}
     )
-    ctx = FilterContext("q", "example.jp", config, sandbox=_Answering(b""))
+    ctx = FilterContext("q", "example.jp", config, sandbox=CannedSandbox(b""))
     flt = _filter(max_output_bytes=10 * 1024 * 1024)
     limits = flt.limits(flt.begin(_part(b"%PDF-1.7"), ctx))
     assert limits.timeout_s == pytest.approx(18.0)
@@ -958,7 +948,7 @@ def test_pipeline_replaces_pdf_attachment(mode: str) -> None:
     assert (by_name["fake.pdf"].action, by_name["fake.pdf"].reason) == ("hold", "unsupported-type")
     assert (by_name["locked.pdf"].action, by_name["locked.pdf"].reason) == ("hold", "encrypted")
     assert (by_name["broken.pdf"].action, by_name["broken.pdf"].reason) == ("hold", "filter-error")
-    report = {p["filename"]: p for p in result.report["parts"]}
+    report = {p["filename"]: p for p in result.report.parts_json()}
     assert report["請求書.pdf"]["removed"] == dict(rec.removed)
     assert f"pdf-{mode}d=1" in result.actions
 

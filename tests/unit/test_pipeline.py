@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
+import dataclasses
 import io
 import json
+import pickle
 import time
-from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar
 
 import pytest
 from PIL import Image, PngImagePlugin
+from support.pipelines import pipeline_runner
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.filters.base import Filter, FilterContext
 from detox.pipeline.model import Action, Output, Part, Role, Verdict
 from detox.pipeline.registry import build_pipeline
-from detox.pipeline.runner import DetoxResult, Pipeline
 
 ENV = Envelope(
     "0190000000000ABC", "sender@example.jp", ("taro@city.example.lg.jp",), "192.0.2.1", "mx.example.jp"
@@ -28,15 +27,7 @@ ENV = Envelope(
 ALLOWED_OUTPUT_TYPES = {"text/plain", "text/csv", "multipart/mixed", "message/rfc822"}
 
 
-def run(
-    msg: EmailMessage | bytes, config: DetoxConfig | None = None, filters: Sequence[Filter] | None = None
-) -> tuple[DetoxResult, EmailMessage]:
-    config = config or DetoxConfig()
-    raw = msg if isinstance(msg, bytes) else msg.as_bytes()
-    result = Pipeline(config, filters).run(raw, ENV)
-    out = email.message_from_bytes(result.output, policy=email.policy.default)
-    assert isinstance(out, EmailMessage)
-    return result, out
+run = pipeline_runner(ENV).parsed  # (result, the output parsed)
 
 
 def body_text(out: EmailMessage) -> str:
@@ -283,7 +274,7 @@ def test_report_is_json_and_complete() -> None:
     Image.new("RGB", (32, 16), (200, 30, 30)).save(buf, "PNG", pnginfo=_png_text("Author", "someone"))
     msg.add_attachment(buf.getvalue(), maintype="image", subtype="png", filename="図.png")
     result, _ = run(msg)
-    report = json.loads(json.dumps(result.report, ensure_ascii=False))
+    report = json.loads(result.report.to_json())
     assert report["queue_id"] == ENV.queue_id
     assert report["message"]["subject"] == "お知らせ"
     part = next(p for p in report["parts"] if p["filename"] == "図.png")
@@ -293,6 +284,41 @@ def test_report_is_json_and_complete() -> None:
     assert part["action"] == "replace" and part["filter"] == "image"
     assert part["output_sha256"] and part["output_sha256"] != part["sha256"]
     assert report["output_sha256"]
+
+
+def test_report_is_typed_frozen_and_crosses_the_worker_pipe() -> None:
+    msg = base()
+    msg.set_content("本文")
+    result, _ = run(msg)
+    report = result.report
+    assert report.message.subject == "お知らせ" and report.envelope == ENV
+    assert [p.part_id for p in report.parts] == [r.part_id for r in result.records]
+    # The JSON keys, in the order scan --report has always written them.
+    assert list(report.as_dict()) == [
+        "queue_id",
+        "message",
+        "envelope",
+        "parts",
+        "urls_defanged",
+        "actions",
+        "output_sha256",
+        "output_size",
+    ]
+    assert list(report.as_dict()["message"]) == [
+        "from",
+        "to",
+        "subject",
+        "message_id",
+        "size",
+        "sha256",
+        "defects",
+    ]
+    assert list(report.parts[0].as_dict()) == list(result.records[0].as_dict())
+    assert report.parts[0].as_dict() == result.records[0].as_dict()
+    assert report.to_json() == json.dumps(report.as_dict(), ensure_ascii=False, indent=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.actions = "x"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(report)) == report  # worker -> serve
 
 
 # -- the filter contract: the runner turns every failure into the configured on_error --------------
@@ -433,7 +459,7 @@ def test_inner_deadline_does_not_cancel_the_outer_one() -> None:
     import time
 
     from detox.errors import FilterTimeout
-    from detox.pipeline.runner import deadline
+    from detox.pipeline.deadline import deadline
 
     started = time.monotonic()
     with pytest.raises(FilterTimeout), deadline(0.3):
@@ -447,7 +473,7 @@ def test_inner_deadline_never_outlives_the_outer_one() -> None:
     import time
 
     from detox.errors import FilterTimeout
-    from detox.pipeline.runner import deadline
+    from detox.pipeline.deadline import deadline
 
     started = time.monotonic()
     with pytest.raises(FilterTimeout), deadline(0.3):

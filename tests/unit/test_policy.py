@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pikepdf
 import pytest
+from support.pipelines import pipeline_runner
 
 from detox.config import load_config
-from detox.config.schema import DetoxConfig
+from detox.config.schema import DetoxConfig, PolicyAction, PolicyActionKind
 from detox.envelope import Envelope
 from detox.errors import ConfigError
+from detox.pipeline import DetoxResult
 from detox.pipeline.model import Part, Role
 from detox.pipeline.policy import type_mismatch
 from detox.pipeline.registry import load_validated_config
-from detox.pipeline.runner import DetoxResult, Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,12 +41,11 @@ def mail(filename: str, data: bytes, maintype: str = "application", subtype: str
     return msg.as_bytes()
 
 
-def run(config: DetoxConfig, raw: bytes, sender: str = "a@partner.example.jp") -> DetoxResult:
-    return Pipeline(config).run(raw, Envelope("0123456789ABCDEF0123", sender, ("taro@city.example.lg.jp",)))
+run = pipeline_runner(Envelope("0123456789ABCDEF0123", "a@partner.example.jp", ("taro@city.example.lg.jp",)))
 
 
 def attachment_record(result: DetoxResult) -> dict[str, object]:
-    return next(p for p in result.report["parts"] if p["role"] == "attachment")
+    return next(p for p in result.report.parts_json() if p["role"] == "attachment")
 
 
 def part(name: str, declared: str, detected: str) -> Part:
@@ -71,7 +71,7 @@ def test_type_mismatch(name: str, declared: str, detected: str, suspicious: bool
 
 def test_shipped_rules_hold_executables_by_extension_and_by_content() -> None:
     config = load_config(REPO / "config" / "detox.toml")
-    by_name = run(config, mail("更新.exe", b"harmless bytes", "application", "octet-stream"))
+    by_name = run(mail("更新.exe", b"harmless bytes", "application", "octet-stream"), config)
     record = attachment_record(by_name)
     assert (record["action"], record["reason"], record["filter"]) == (
         "hold",
@@ -79,7 +79,7 @@ def test_shipped_rules_hold_executables_by_extension_and_by_content() -> None:
         "policy:executables-and-scripts",
     )
     disguised = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 48 + b"PE\x00\x00"
-    by_content = attachment_record(run(config, mail("readme.txt", disguised, "text", "plain")))
+    by_content = attachment_record(run(mail("readme.txt", disguised, "text", "plain"), config))
     assert by_content["action"] == "hold"
     assert by_content["mismatch"]
 
@@ -100,10 +100,10 @@ def test_sender_domain_exception_sanitizes_instead_of_rasterizing() -> None:
         }
     )
     raw = mail("報告書.pdf", pdf_bytes())
-    partner = run(config, raw)
+    partner = run(raw, config)
     assert attachment_record(partner)["filter"] == "policy:partner-pdfs"
     assert "pdf-sanitized=1" in partner.actions
-    other = run(config, raw, sender="x@elsewhere.example")
+    other = run(raw, config, sender="x@elsewhere.example")
     assert attachment_record(other)["filter"] == "pdf"
     assert "pdf-rasterized=1" in other.actions
 
@@ -123,15 +123,15 @@ def test_sha256_exception_and_first_match_wins() -> None:
             }
         }
     )
-    approved = attachment_record(run(config, mail("様式.pdf", data)))
+    approved = attachment_record(run(mail("様式.pdf", data), config))
     assert approved["action"] == "replace" and approved["filter"] == "pdf"
-    dropped = attachment_record(run(config, mail("other.pdf", pdf_bytes() + b"\n%x")))
+    dropped = attachment_record(run(mail("other.pdf", pdf_bytes() + b"\n%x"), config))
     assert (dropped["action"], dropped["filter"]) == ("drop", "policy:no-pdfs")
 
 
 def test_rule_naming_a_filter_for_the_wrong_type_holds() -> None:
     config = DetoxConfig.model_validate({"policy": {"rules": [{"extensions": ["txt"], "action": "pdf"}]}})
-    record = attachment_record(run(config, mail("a.txt", "テキスト".encode(), "text", "plain")))
+    record = attachment_record(run(mail("a.txt", "テキスト".encode(), "text", "plain"), config))
     assert (record["action"], record["reason"]) == ("hold", "unsupported-type")
 
 
@@ -155,7 +155,7 @@ def test_policy_config_errors_name_file_and_key(tmp_path: Path, rule: str, key: 
 
 def test_output_mail_of_policy_hold_names_the_reason() -> None:
     config = load_config(REPO / "config" / "detox.toml")
-    result = run(config, mail("setup.msi", b"\xd0\xcf\x11\xe0 whatever", "application", "octet-stream"))
+    result = run(mail("setup.msi", b"\xd0\xcf\x11\xe0 whatever", "application", "octet-stream"), config)
     out = email.message_from_bytes(result.output, policy=email.policy.default)
     assert isinstance(out, EmailMessage)
     body = out.get_body(("plain",))
@@ -176,7 +176,7 @@ EXECUTABLE_NAMES = [
 @pytest.mark.parametrize("name", EXECUTABLE_NAMES)
 def test_shipped_rules_hold_everything_executable_by_name(name: str) -> None:
     config = load_config(REPO / "config" / "detox.toml")
-    record = attachment_record(run(config, mail(name, b"harmless bytes", "application", "octet-stream")))
+    record = attachment_record(run(mail(name, b"harmless bytes", "application", "octet-stream"), config))
     assert (record["action"], record["reason"]) == ("hold", "executable"), record
 
 
@@ -206,7 +206,7 @@ ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x02\x00\x3e\x00" + b"\x00" * 44
 )
 def test_executable_content_under_an_innocent_name_never_crosses(label: str, data: bytes) -> None:
     config = load_config(REPO / "config" / "detox.toml")
-    result = run(config, mail("資料.txt", data, "text", "plain"))
+    result = run(mail("資料.txt", data, "text", "plain"), config)
     records = [r for r in result.records if r.role == "attachment"]
     assert [(r.action, r.reason) for r in records] == [("hold", "executable")], label
     out = email.message_from_bytes(result.output, policy=email.policy.default)
@@ -221,9 +221,30 @@ def test_executable_content_under_an_innocent_name_never_crosses(label: str, dat
 )  # fmt: skip
 def test_a_script_declared_as_text_never_keeps_a_runnable_name(name: str, crosses_as: str) -> None:
     """Without the shipped policy rules (built-in defaults only), text is re-encoded, renamed safely."""
-    result = run(DetoxConfig(), mail(name, b'WScript.Echo "hi"\r\n', "text", "plain"))
+    result = run(mail(name, b'WScript.Echo "hi"\r\n', "text", "plain"), DetoxConfig())
     (record,) = [r for r in result.records if r.role == "attachment"]
     assert (record.action, record.output_filename) == ("replace", crosses_as)
     out = email.message_from_bytes(result.output, policy=email.policy.default)
     assert isinstance(out, EmailMessage)
     assert [a.get_filename() for a in out.iter_attachments()] == [crosses_as]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "name", "mode"),
+    [
+        ("hold", PolicyActionKind.HOLD, "", ""),
+        ("drop", PolicyActionKind.DROP, "", ""),
+        ("default", PolicyActionKind.DEFAULT, "", ""),
+        ("pdf", PolicyActionKind.FILTER, "pdf", ""),
+        ("pdf:sanitize", PolicyActionKind.FILTER, "pdf", "sanitize"),
+        ("hold:x", PolicyActionKind.FILTER, "hold", "x"),  # not a built-in: an (unknown) filter
+    ],
+)
+def test_policy_action_is_parsed_when_the_config_loads(
+    text: str, kind: PolicyActionKind, name: str, mode: str
+) -> None:
+    config = DetoxConfig.model_validate({"policy": {"rules": [{"action": text}]}})
+    action = config.policy.rules[0].action
+    assert (action.kind, action.filter, action.mode, str(action)) == (kind, name, mode, text)
+    assert config.model_dump()["policy"]["rules"][0]["action"] == text  # dumped as written
+    assert action == PolicyAction.parse(text)

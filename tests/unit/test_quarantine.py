@@ -17,24 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.configs import make_config
 from support.mails import CITY, EXE, mail, ppap_mail, zip_of
 
 from detox.audit import AuditLog, read_records, verify
+from detox.audit_events import Detoxified
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import NotFoundError, RefusedError, SpoolError
-from detox.pipeline.runner import Pipeline
+from detox.pipeline import Pipeline
 from detox.quarantine import HoldRef, Quarantine, parse_ref
 from detox.spool import Spool, new_queue_id
 from detox.store import Store
 
 TARO = f"taro@{CITY}"
-
-
-def make_config(state: Path, **quarantine: Any) -> DetoxConfig:
-    return DetoxConfig.model_validate(
-        {"storage": {"state_dir": str(state), "fsync": False}, "quarantine": quarantine}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +57,10 @@ class Gateway:
     ) -> dict[str, Any]:
         env = Envelope(new_queue_id(), sender, rcpts, "192.0.2.7", "mx.vendor.example.com", received_at)
         result = self.pipeline.run(raw, env)
-        self.store.put_original(result.report["message"]["sha256"], raw)
+        self.store.put_original(result.report.message.sha256, raw)
         self.store.index(result.report, self.config.storage.retention_days)
-        self.audit.write("detoxified", env.queue_id, parts=result.report["parts"])
-        return result.report
+        self.audit.write(Detoxified.of(env.queue_id, result.report))  # as serve writes it
+        return result.report.as_dict()
 
 
 @pytest.fixture
@@ -75,7 +71,7 @@ def gateway(tmp_path: Path, pipeline: Pipeline) -> Iterator[Gateway]:
 
 
 def quarantine_of(gw: Gateway, **settings: Any) -> Quarantine:
-    config = make_config(gw.config.state_path(), **settings) if settings else gw.config
+    config = make_config(gw.config.state_path(), quarantine=settings) if settings else gw.config
     return Quarantine(config)
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.configs import config_file
 
 from detox.cli import main
 from detox.config.loader import load_config
@@ -21,9 +22,7 @@ TARO = "taro@city.example.lg.jp"
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Spool]:
-    config = tmp_path / "detox.toml"
-    config.write_text(f'[storage]\nstate_dir = "{tmp_path / "var"}"\nfsync = false\n')
-    return config, Spool(tmp_path / "var" / "spool", fsync=False)
+    return config_file(tmp_path), Spool(tmp_path / "var" / "spool", fsync=False)
 
 
 def fill(spool: Spool) -> dict[str, str]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from detox import audit, report
+from detox import audit
 from detox.audit import AuditLog, chain_files, iter_entries, verify_files
+from detox.cli import audit_report as report
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)

@@ -254,6 +254,7 @@ def test_child_refuses_a_malformed_header() -> None:
     assert b"must be a JSON object" in proc.stderr
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_whole_process_group(sandbox: Sandbox) -> None:
     """The converter starts a grandchild ``sleep``; on timeout both must be gone, not just the child."""
     marker = f"{300 + random.random():.9f}"
@@ -299,6 +300,7 @@ def test_memory_limit(sandbox: Sandbox) -> None:
         sandbox.run("selftest", b"", {"op": "memory", "size": 1024 * MiB}, limits)
 
 
+@pytest.mark.slow
 def test_cpu_limit(sandbox: Sandbox) -> None:
     started = time.monotonic()
     with pytest.raises(SandboxError, match="SIGXCPU") as info:
@@ -335,6 +337,7 @@ def test_env_is_minimal(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> No
     assert "hunter2" not in json.dumps(env)
 
 
+@pytest.mark.slow
 def test_concurrent_runs(sandbox: Sandbox) -> None:
     payloads = [os.urandom(100_000 + i) for i in range(12)]
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -24,13 +24,13 @@ pytestmark = pytest.mark.slow  # starts worker processes (spawn)
 
 
 def slow_mail() -> bytes:
-    """A mail whose HTML body keeps a pipeline worker busy for a few seconds (about 300 KB of markup)."""
+    """A mail whose HTML body keeps a pipeline worker busy for a few seconds (about 1.2 MB of markup)."""
     msg = EmailMessage()
     msg["From"] = "髙橋 一郎 <hanako@vendor.example.com>"
     msg["To"] = TARO
     msg["Subject"] = "重いHTML"
     row = "<tr><td>①項目</td><td><b>㈱髙橋</b></td><td><a href='https://example.jp/x'>リンク</a></td></tr>\n"
-    msg.set_content("<html><body><table>" + row * 4000 + "</table></body></html>", subtype="html")
+    msg.set_content("<html><body><table>" + row * 16000 + "</table></body></html>", subtype="html")
     return msg.as_bytes()
 
 
@@ -113,7 +113,7 @@ async def test_an_attempt_cut_short_by_a_crash_of_serve_counts_and_is_retried(ru
 
 @pytest.mark.parametrize(
     "running",
-    [{"limits": {"message_timeout_s": 0.3}, "pipeline": {"max_attempts": 2}}],
+    [{"limits": {"message_timeout_s": 1.0}, "pipeline": {"max_attempts": 2}}],
     indirect=True,
 )
 async def test_a_message_that_times_out_is_retried_alone_then_moved_aside(running: Running) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 import aiosmtpd
 import pytest
 from aiosmtpd.smtp import SMTP
+from support.configs import make_config
+from support.smtp import QUEUED, reply_bytes
 
 from detox.audit import AuditLog, read_records
-from detox.config.schema import DetoxConfig, LimitsConfig, ServerConfig, StorageConfig
+from detox.smtp import replies
 from detox.smtp import server as server_mod
 from detox.smtp.handler import Backlog, Handler, RefusalLog
 from detox.smtp.server import SessionGate, start_listener
@@ -57,20 +59,12 @@ class Ingest:
         return [r for r in read_records(self.audit.path) if r["event"] == event]
 
 
-def make_config(tmp_path: Path, server: dict[str, Any], limits: dict[str, Any]) -> DetoxConfig:
-    return DetoxConfig(
-        server=ServerConfig(**server),
-        limits=LimitsConfig(**limits),
-        storage=StorageConfig(state_dir=str(tmp_path), fsync=False),
-    )
-
-
 @pytest.fixture
 async def ingest(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Ingest]:
     settings: dict[str, dict[str, Any]] = getattr(request, "param", {})
     server_kw: dict[str, Any] = {"max_message_bytes": 4_000_000, **settings.get("server", {})}
     limits_kw: dict[str, Any] = settings.get("limits", {})
-    config = make_config(tmp_path, server_kw, limits_kw)
+    config = make_config(tmp_path, server=server_kw, limits=limits_kw)
     spool = Spool(tmp_path / "spool", fsync=False)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     backlog = Backlog()
@@ -112,12 +106,12 @@ class Client:
 
     async def envelope(self, sender: bytes = b"sender@vendor.example.com") -> None:
         assert (await self.cmd(b"EHLO client.example.com")).startswith(b"250")
-        assert (await self.cmd(b"MAIL FROM:<" + sender + b">")).startswith(b"250")
-        assert (await self.cmd(b"RCPT TO:<" + RCPT + b">")).startswith(b"250")
+        assert await self.cmd(b"MAIL FROM:<" + sender + b">") == reply_bytes(replies.MAIL_OK)
+        assert await self.cmd(b"RCPT TO:<" + RCPT + b">") == reply_bytes(replies.RCPT_OK)
 
     async def data(self, payload: bytes, end: bytes = b".\r\n") -> bytes:
         go = await self.cmd(b"DATA")
-        assert go.startswith(b"354"), go
+        assert go == reply_bytes(replies.DATA_GO_AHEAD), go
         self.writer.write(payload + end)
         await self.writer.drain()
         return await self.reply()
@@ -157,7 +151,7 @@ MESSAGE = b"From: a@vendor.example.com\r\nSubject: test\r\n\r\nbody\r\n"
 
 async def test_a_message_is_stored_as_received(ingest: Ingest) -> None:
     reply = await send(ingest.port, MESSAGE)
-    assert reply.startswith(b"250 2.0.0 OK queued as ")
+    assert reply.startswith(QUEUED)
     assert stored(ingest, reply) == MESSAGE
     [received] = ingest.records("received")
     assert received["size"] == len(MESSAGE) and "bare_lf" not in received
@@ -174,7 +168,7 @@ async def test_long_lines_are_accepted_up_to_the_limit(ingest: Ingest) -> None:
     line = b"<p>" + "長い行".encode() * 40_000 + b"</p>"  # 360 KB on one line
     payload = b"Subject: long\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + line + b"\r\n"
     reply = await send(ingest.port, payload)
-    assert reply.startswith(b"250"), reply
+    assert reply.startswith(QUEUED), reply
     assert stored(ingest, reply) == payload
 
 
@@ -183,11 +177,11 @@ async def test_a_line_over_the_limit_gets_500_and_nothing_is_kept(ingest: Ingest
     client, _ = await Client.open(ingest.port)
     await client.envelope()
     reply = await client.data(b"Subject: x\r\n\r\n" + b"a" * 20_000 + b"\r\nend\r\n")
-    assert reply == b"500 5.6.0 Line too long (limit 10000 bytes)"
+    assert reply == reply_bytes(replies.LINE_TOO_LONG, limit=10_000)
     assert nothing_left(ingest)
     # the session goes on: the next message in it is accepted
     await client.envelope()
-    assert (await client.data(MESSAGE)).startswith(b"250")
+    assert (await client.data(MESSAGE)).startswith(QUEUED)
     await client.close()
     [refused] = ingest.records("refused")
     assert refused["limit"] == "limits.max_line_length" and refused["stage"] == "data"
@@ -197,7 +191,7 @@ async def test_a_line_over_the_limit_gets_500_and_nothing_is_kept(ingest: Ingest
 async def test_bare_lf_is_accepted_and_counted(ingest: Ingest) -> None:
     payload = b"Subject: scanner\n\nline one\nline two\n"
     reply = await send(ingest.port, payload + b"\r\n")  # a broken sender that ends DATA right
-    assert reply.startswith(b"250")
+    assert reply.startswith(QUEUED)
     assert stored(ingest, reply) == payload + b"\r\n"
     assert ingest.records("received")[0]["bare_lf"] == 4
 
@@ -211,7 +205,7 @@ async def test_lf_dot_lf_does_not_end_data(ingest: Ingest) -> None:
         b"\r\n"
     )
     reply = await send(ingest.port, smuggled)
-    assert reply.startswith(b"250")
+    assert reply.startswith(QUEUED)
     assert len(ingest.accepted) == 1
     assert b"Subject: forged" in stored(ingest, reply)  # one message, the rest is its content
 
@@ -224,15 +218,15 @@ async def test_leading_dots_are_unstuffed_after_crlf_only(ingest: Ingest) -> Non
 @with_settings(limits={"max_header_count": 50, "max_header_bytes": 4000})
 async def test_header_limits(ingest: Ingest) -> None:
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(60)) + b"\r\nbody\r\n"
-    assert await send(ingest.port, many) == b"552 5.3.4 Too many header fields (limit 50)"
+    assert await send(ingest.port, many) == reply_bytes(replies.TOO_MANY_HEADERS, limit=50)
     big = b"Subject: " + b"a" * 3000 + b"\r\n\tcontinued " + b"b" * 2000 + b"\r\n\r\nbody\r\n"
-    assert await send(ingest.port, big) == b"552 5.3.4 Message header section too large (limit 4000 bytes)"
+    assert await send(ingest.port, big) == reply_bytes(replies.HEADERS_TOO_BIG, limit=4000)
     # a body without the blank line is not mistaken for thousands of header fields
     no_separator = b"Subject: x\r\n" + b"just text\r\n" * 500
-    assert (await send(ingest.port, no_separator)).startswith(b"250")
+    assert (await send(ingest.port, no_separator)).startswith(QUEUED)
     # folded lines are one field
     folded = b"Subject: x\r\n" + b"".join(b" more\r\n" for _ in range(100)) + b"\r\nbody\r\n"
-    assert (await send(ingest.port, folded)).startswith(b"250")
+    assert (await send(ingest.port, folded)).startswith(QUEUED)
     assert [r["limit"] for r in ingest.records("refused")] == [
         "limits.max_header_count",
         "limits.max_header_bytes",
@@ -242,13 +236,13 @@ async def test_header_limits(ingest: Ingest) -> None:
 @with_settings(server={"max_message_bytes": 100_000})
 async def test_size_limit_while_reading_data(ingest: Ingest) -> None:
     reply = await send(ingest.port, b"Subject: big\r\n\r\n" + b"0123456789" * 20_000 + b"\r\n")
-    assert reply == b"552 5.3.4 Message size exceeds fixed maximum message size"
+    assert reply == reply_bytes(replies.MESSAGE_TOO_BIG)
     assert nothing_left(ingest)
     client, _ = await Client.open(ingest.port)
     assert (await client.cmd(b"EHLO c")).startswith(b"250")
     reply = await client.cmd(b"MAIL FROM:<a@vendor.example.com> SIZE=100001")
-    assert reply == b"552 5.3.4 Message size exceeds fixed maximum message size"
-    assert (await client.cmd(b"MAIL FROM:<a@vendor.example.com> SIZE=100000")).startswith(b"250")
+    assert reply == reply_bytes(replies.MESSAGE_TOO_BIG)
+    assert await client.cmd(b"MAIL FROM:<a@vendor.example.com> SIZE=100000") == reply_bytes(replies.MAIL_OK)
     await client.close()
     await asyncio.to_thread(ingest.refusals.flush)
     assert [r["limit"] for r in ingest.records("refused")] == ["server.max_message_bytes"] * 2
@@ -259,14 +253,14 @@ async def test_large_message_is_streamed_to_disk_intact(ingest: Ingest) -> None:
     body = b"".join(b"%08d " % i + b"x" * 70 + b"\r\n" for i in range(40_000))  # ~3.2 MB
     payload = b"Subject: big\r\n\r\n" + body
     reply = await send(ingest.port, payload)
-    assert reply.startswith(b"250")
+    assert reply.startswith(QUEUED)
     assert stored(ingest, reply) == payload
 
 
 async def test_client_gone_mid_data_leaves_nothing(ingest: Ingest) -> None:
     client, _ = await Client.open(ingest.port)
     await client.envelope()
-    assert (await client.cmd(b"DATA")).startswith(b"354")
+    assert await client.cmd(b"DATA") == reply_bytes(replies.DATA_GO_AHEAD)
     client.writer.write(b"Subject: half\r\n\r\n" + b"x" * 600_000)  # past the first flush to disk
     await client.writer.drain()
     await asyncio.sleep(0.2)
@@ -281,7 +275,7 @@ async def test_session_caps(ingest: Ingest) -> None:
     second, g2 = await Client.open(ingest.port)
     assert g1.startswith(b"220") and g2.startswith(b"220")
     third, g3 = await Client.open(ingest.port)
-    assert g3 == b"421 4.7.0 Too many connections from your address, please try again later"
+    assert g3 == reply_bytes(replies.TOO_MANY_SESSIONS_CLIENT)
     assert await third.reader.read() == b""  # and closed
     await first.cmd(b"QUIT")
     await first.close()
@@ -316,7 +310,7 @@ async def test_overall_session_cap_and_refusals_summarised(ingest: Ingest) -> No
     keep = [await Client.open(ingest.port) for _ in range(2)]
     for _ in range(5):
         client, greeting = await Client.open(ingest.port)
-        assert greeting == b"421 4.7.0 Too many connections, please try again later"
+        assert greeting == reply_bytes(replies.TOO_MANY_SESSIONS)
         await client.close()
     await asyncio.to_thread(ingest.refusals.flush)
     await asyncio.to_thread(ingest.refusals.flush)  # within the minute: nothing new is written
@@ -328,28 +322,28 @@ async def test_overall_session_cap_and_refusals_summarised(ingest: Ingest) -> No
 
 @with_settings(limits={"max_backlog_messages": 2})
 async def test_back_pressure_when_the_backlog_is_full(ingest: Ingest) -> None:
-    assert (await send(ingest.port, MESSAGE)).startswith(b"250")
+    assert (await send(ingest.port, MESSAGE)).startswith(QUEUED)
     client, _ = await Client.open(ingest.port)
     await client.envelope()  # MAIL and RCPT while there is room
-    assert (await send(ingest.port, MESSAGE)).startswith(b"250")  # now the backlog is full
-    assert await client.cmd(b"DATA") == b"451 4.3.2 System busy, please try again later"
+    assert (await send(ingest.port, MESSAGE)).startswith(QUEUED)  # now the backlog is full
+    assert await client.cmd(b"DATA") == reply_bytes(replies.BUSY)
     await client.cmd(b"RSET")
     assert (
         await client.cmd(b"MAIL FROM:<a@vendor.example.com>")
-        == b"451 4.3.2 System busy, please try again later"
+        == reply_bytes(replies.BUSY)
     )
     ingest.backlog.remove(ingest.accepted[0])  # the pipeline took one
     await client.envelope()
-    assert (await client.data(MESSAGE)).startswith(b"250")
+    assert (await client.data(MESSAGE)).startswith(QUEUED)
     await client.close()
 
 
 @with_settings(limits={"max_backlog_bytes": 1000})
 async def test_back_pressure_by_bytes(ingest: Ingest) -> None:
-    assert (await send(ingest.port, b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n")).startswith(b"250")
+    assert (await send(ingest.port, b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n")).startswith(QUEUED)
     client, _ = await Client.open(ingest.port)
     assert (await client.cmd(b"EHLO c")).startswith(b"250")
-    assert (await client.cmd(b"MAIL FROM:<a@vendor.example.com>")).startswith(b"451 4.3.2")
+    assert await client.cmd(b"MAIL FROM:<a@vendor.example.com>") == reply_bytes(replies.BUSY)
     await client.close()
 
 
@@ -357,21 +351,21 @@ async def test_drain_closes_idle_sessions_and_lets_data_finish(ingest: Ingest) -
     idle, _ = await Client.open(ingest.port)
     busy, _ = await Client.open(ingest.port)
     await busy.envelope()
-    assert (await busy.cmd(b"DATA")).startswith(b"354")
+    assert await busy.cmd(b"DATA") == reply_bytes(replies.DATA_GO_AHEAD)
     busy.writer.write(b"Subject: in flight\r\n\r\npart one\r\n")
     await busy.writer.drain()
     await asyncio.sleep(0.1)
     ingest.gate.drain()
     ingest.handler.draining = True
-    assert await idle.reply() == b"421 4.3.2 Service shutting down, please try again later"
+    assert await idle.reply() == reply_bytes(replies.SHUTTING_DOWN)
     busy.writer.write(b"part two\r\n.\r\n")
     await busy.writer.drain()
-    assert (await busy.reply()).startswith(b"250")  # the message in DATA is accepted ...
-    assert await busy.reply() == b"421 4.3.2 Service shutting down, please try again later"  # ... then bye
+    assert (await busy.reply()).startswith(QUEUED)  # the message in DATA is accepted ...
+    assert await busy.reply() == reply_bytes(replies.SHUTTING_DOWN)  # ... then bye
     assert await ingest.gate.wait_empty(5)
     assert len(ingest.accepted) == 1
     late, greeting = await Client.open(ingest.port)  # the listener is ours to close; the gate says no
-    assert greeting.startswith(b"421 4.3.2")
+    assert greeting == reply_bytes(replies.SHUTTING_DOWN)
     await late.close()
     for c in (idle, busy):
         await c.close()
@@ -413,7 +407,7 @@ def _comparable(value: Any, owner: object) -> Any:
 async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: bool) -> None:
     """The per-connection __init__ without introspection sets every attribute as aiosmtpd's does."""
     assert server_mod.LEAN_INIT, f"aiosmtpd {aiosmtpd.__version__}: check DetoxSMTP._lean_init against it"
-    config = make_config(tmp_path, {}, {})
+    config = make_config(tmp_path)
     spool = Spool(tmp_path / "spool", fsync=False)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     refusals = RefusalLog(audit)
@@ -466,7 +460,7 @@ async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: boo
 )
 @pytest.mark.parametrize("local_part_limit", [0, 64])
 async def test_getaddr_parses_as_aiosmtpd_does(tmp_path: Path, arg: str, local_part_limit: int) -> None:
-    config = make_config(tmp_path, {}, {})
+    config = make_config(tmp_path)
     audit = AuditLog(tmp_path / "audit.jsonl", fsync=False)
     refusals = RefusalLog(audit)
     handler = Handler(lambda: config, Spool(tmp_path / "spool"), audit, Backlog(), refusals, lambda _: None)

@@ -5,44 +5,57 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
 
+from detox.envelope import Envelope
+from detox.pipeline.report import MessageInfo, MessageReport, PartReport
 from detox.store import Store
 
 
-def report(queue_id: str, raw: bytes) -> dict[str, Any]:
-    return {
-        "queue_id": queue_id,
-        "envelope": {
-            "received_at": "2026-11-25T00:00:00Z",
-            "mail_from": "a@example.jp",
-            "rcpt_tos": ["taro@city.example.lg.jp"],
-        },
-        "message": {
-            "from": "山田 <a@example.jp>",
-            "subject": "①㈱髙",
-            "message_id": "<x@y>",
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "size": len(raw),
-        },
-        "actions": "text-converted; attachments-held=1",
-        "parts": [
-            {
-                "part_id": "2",
-                "role": "attachment",
-                "filename": "請求書.pdf",
-                "declared_type": "application/pdf",
-                "detected_type": "application/pdf",
-                "size": 10,
-                "sha256": "0" * 64,
-                "filter": "-",
-                "action": "hold",
-                "reason": "unsupported-type",
-                "removed": {},
-                "output_sha256": None,
-            }
-        ],
-    }
+def report(queue_id: str, raw: bytes) -> MessageReport:
+    return MessageReport(
+        queue_id=queue_id,
+        envelope=Envelope(
+            queue_id=queue_id,
+            received_at="2026-11-25T00:00:00Z",
+            mail_from="a@example.jp",
+            rcpt_tos=("taro@city.example.lg.jp",),
+        ),
+        message=MessageInfo(
+            header_from="山田 <a@example.jp>",
+            to=None,
+            subject="①㈱髙",
+            message_id="<x@y>",
+            sha256=hashlib.sha256(raw).hexdigest(),
+            size=len(raw),
+            defects=(),
+        ),
+        actions="text-converted; attachments-held=1",
+        parts=(
+            PartReport(
+                part_id="2",
+                role="attachment",
+                filename="請求書.pdf",
+                declared_type="application/pdf",
+                detected_type="application/pdf",
+                size=10,
+                sha256="0" * 64,
+                filter="-",
+                action="hold",
+                reason="unsupported-type",
+                removed={},
+                output_sha256=None,
+                charset=None,
+                error=None,
+                mismatch=None,
+                output_filename=None,
+                output_type=None,
+                conversion="",
+            ),
+        ),
+        urls_defanged=0,
+        output_sha256="1" * 64,
+        output_size=0,
+    )
 
 
 def test_originals_are_content_addressed_and_indexed(tmp_path: Path) -> None:

@@ -129,6 +129,7 @@ def test_result_is_frozen() -> None:
 # -- linear time --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "line",
     [
@@ -212,6 +213,7 @@ _URLISH = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(st.one_of(_URLISH, st.text()))
 @example("www.a.com/www.b.com")

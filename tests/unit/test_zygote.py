@@ -134,6 +134,7 @@ def _images() -> dict[str, bytes]:
 _PDF_ID = re.compile(rb"/ID ?\[<[0-9a-f]{32}> ?<[0-9a-f]{32}>\]")
 
 
+@pytest.mark.slow
 def test_pdf_and_image_results_identical_to_one_shot() -> None:
     one_shot, resident = _make("bwrap", resident=False), _make("bwrap")
     try:
@@ -189,6 +190,7 @@ def test_a_background_process_fails_the_document_and_is_killed(resident: ChildPr
     assert resident.zygote().starts == 2
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_sandbox_and_the_next_document_gets_a_new_one(
     resident: ChildProcessSandbox,
 ) -> None:
@@ -219,6 +221,7 @@ def test_an_abrupt_exit_fails_the_document_only(resident: ChildProcessSandbox) -
     assert resident.zygote().starts == 1
 
 
+@pytest.mark.slow
 def test_memory_limit_is_the_documents_own(resident: ChildProcessSandbox) -> None:
     limits = Limits(timeout_s=20, memory_bytes=512 * MiB)
     with pytest.raises(SandboxError, match="MemoryError"):
@@ -252,6 +255,7 @@ def test_files_a_document_leaves_are_gone_for_the_next(resident_bwrap: ChildProc
     assert listing["/dev/shm"] == [] and listing["."] == []
 
 
+@pytest.mark.slow
 def test_too_many_files_fail_the_document_and_recycle(resident_bwrap: ChildProcessSandbox) -> None:
     with pytest.raises(SandboxError, match="more than 10000 files left in /"):
         resident_bwrap.run("selftest", b"", {"op": "leave_files", "count": 10_001}, LIMITS)
@@ -269,6 +273,7 @@ def test_system_v_ipc_left_fails_the_document_and_recycles(resident_bwrap: Child
     assert resident_bwrap.zygote().starts == 2
 
 
+@pytest.mark.slow
 def test_a_dead_zygote_is_replaced(resident: ChildProcessSandbox) -> None:
     _echo_is_exact(resident)
     zygote = next(

@@ -1,8 +1,8 @@
-"""``detox queue list|retry|flush`` and ``detox reload``: what waits in the spool, and nudging serve.
+"""``detox queue list|retry|flush``: what waits in the spool, and nudging serve.
 
 The CLI never changes an entry a running serve may be working on: it leaves a request in
-``spool/control/`` (``retry.ID``, ``flush``, ``reload``), which serve picks up within a second, or at
-its next start when it is stopped (a ``reload`` is only meaningful to a running serve).
+``spool/control/`` (``retry.ID``, ``flush``; ``reload`` is :mod:`detox.cli.reload`), which serve picks
+up within a second, or at its next start when it is stopped.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from detox.cli.common import ExitCode
 from detox.errors import NotFoundError, RefusedError, SpoolError
 from detox.spool import KIND_MESSAGE, DeliveryState, Spool
 from detox.table import render
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``queue`` to the ``detox`` parser."""
     q = sub.add_parser("queue", help="messages waiting in the spool: list, retry one, flush all")
     qsub = q.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
 
@@ -44,12 +44,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = qsub.add_parser("flush", parents=[common], help="try every waiting message now")
     p.set_defaults(func=cmd_flush)
-
-    p = sub.add_parser(
-        "reload", parents=[common], help="make the running serve re-read and apply its configuration"
-    )
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for serve's answer")
-    p.set_defaults(func=cmd_reload)
 
 
 # -- gathering --------------------------------------------------------------------------------------
@@ -201,18 +195,19 @@ def _serve_line(spool: Spool) -> str:
     return f"detox serve: running (pid {pid})" if pid is not None else "detox serve: not running"
 
 
-def _spool(args: argparse.Namespace) -> Spool:
+def open_spool(args: argparse.Namespace) -> Spool:
+    """The spool of the configuration ``--config`` names (shared with ``detox reload``)."""
     config = args.load_config(args.config)
     return Spool(config.state_path("spool"), fsync=config.storage.fsync)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    spool = _spool(args)
+    spool = open_spool(args)
     entries = gather(spool)
     now = time.time()
     if args.json:
         sys.stdout.write(json.dumps([e.as_json(now) for e in entries], ensure_ascii=False, indent=2) + "\n")
-        return EXIT_OK
+        return ExitCode.OK
     rows = []
     for e in entries:
         rcpts = ", ".join(f"{r['address']} ({r['status']})" for r in e.recipients) or "-"
@@ -255,7 +250,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {stage}" for stage, n in counts.items()) or "the queue is empty"
     print(f"{len(entries)} message(s): {summary}" if entries else summary)
     print(_serve_line(spool))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _audit(args: argparse.Namespace, event: str, **fields: Any) -> None:
@@ -275,7 +270,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     queue_id = args.id.strip()
     if not _NAME.fullmatch(queue_id):
         raise NotFoundError(f"{args.id!r} is not a queue id")
-    spool = _spool(args)
+    spool = open_spool(args)
     places = {
         "detoxify": spool.incoming / f"{queue_id}.msg",
         "deliver": spool.outgoing / f"{queue_id}.json",
@@ -290,34 +285,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     _audit(args, "queue_retry", target=queue_id, stage=stage)
     what = "put back into the queue and tried" if stage == "held" else "tried"
     print(f"{queue_id} ({stage}) will be {what} now; {_picked_up(spool)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
-    spool = _spool(args)
+    spool = open_spool(args)
     spool.request("flush")
     _audit(args, "queue_flush")
     print(f"every waiting message will be tried now (held ones stay held); {_picked_up(spool)}")
-    return EXIT_OK
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    # Validate first: an invalid file is reported here, and serve is not even asked.
-    args.load_config(args.config)
-    spool = _spool(args)
-    pid = spool.serve_pid()
-    if pid is None:
-        print("detox reload: detox serve is not running (it reads its configuration when it starts)")
-        return EXIT_FAILED
-    spool.clear_result("reload")
-    asked = time.time()
-    spool.request("reload")
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        result = spool.read_result("reload")
-        if result is not None and float(result.get("at", 0)) >= asked - 1:
-            print(f"detox serve (pid {pid}): {result.get('message')}")
-            return EXIT_OK if result.get("ok") else 2
-        time.sleep(0.1)
-    print(f"detox reload: no answer from serve (pid {pid}) within {args.timeout:g}s", file=sys.stderr)
-    return EXIT_FAILED
+    return ExitCode.OK

@@ -1,24 +1,21 @@
-"""The admin's commands: ``detox quarantine …`` and ``detox audit …`` (parsers and output).
+"""``detox quarantine …``: find, show, export, approve, release and delete held originals.
 
-The work is done in :mod:`detox.quarantine`, :mod:`detox.audit` and :mod:`detox.report`; this module
-parses arguments and prints. Errors are raised as DetoxError subclasses and turned into exit codes by
-:func:`detox.cli.main` (NotFoundError → 3, RefusedError → 2).
+The work is done in :mod:`detox.quarantine`; this module parses arguments and prints. Errors are raised
+as DetoxError subclasses and turned into exit codes by :func:`detox.cli.main` (NotFoundError → 3,
+RefusedError → 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
-from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detox.config.schema import DetoxConfig
+from detox.cli.common import ExitCode, _day_or_time, _non_negative, write_json
 from detox.errors import NotFoundError, RefusedError
 from detox.table import cell, render
 from detox.untrusted import for_log
@@ -26,54 +23,9 @@ from detox.untrusted import for_log
 if TYPE_CHECKING:  # imported when used: `detox --help` need not load the pipeline
     from detox.quarantine import MessageView, Quarantine
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # also: the audit chain is broken
-
-LoadConfig = Callable[[str | None], DetoxConfig]
-
-
-# -- arguments ----------------------------------------------------------------------------------
-
-
-def parse_when(value: str, *, end_of_day: bool = False) -> datetime:
-    """``YYYY-MM-DD`` (local midnight; the next midnight with ``end_of_day``) or an ISO datetime.
-
-    A datetime without a zone is local time, as an admin in Japan means it.
-    """
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            start = datetime.combine(day + timedelta(days=1) if end_of_day else day, time())
-            return start.astimezone()
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected YYYY-MM-DD or an ISO date-time like 2026-11-25T09:00, got {value!r}"
-        ) from None
-    return when if when.tzinfo is not None else when.astimezone()
-
-
-def _day_or_time(value: str) -> datetime:
-    return parse_when(value)
-
-
-def _day_end_or_time(value: str) -> datetime:
-    return parse_when(value, end_of_day=True)
-
-
-def _non_negative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return number
-
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``quarantine`` and ``audit`` to the ``detox`` parser."""
+    """Add ``quarantine`` to the ``detox`` parser."""
     q = sub.add_parser("quarantine", help="find, show, export, release and delete held originals")
     qsub = q.add_subparsers(dest="qcommand", required=True, metavar="COMMAND")
 
@@ -127,40 +79,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--older-than", required=True, type=_non_negative, metavar="DAYS")
     p.set_defaults(func=cmd_purge)
 
-    a = sub.add_parser("audit", help="verify, follow and summarise the audit log")
-    asub = a.add_subparsers(dest="acommand", required=True, metavar="COMMAND")
-
-    p = asub.add_parser(
-        "verify", parents=[common], help="check the hash chain; exit 1 at the first broken link"
-    )
-    p.add_argument(
-        "file", nargs="?", help="the log (default: the configured one); rotated files beside it count"
-    )
-    p.add_argument("--anchor", metavar="SHA256", help="a head hash noted earlier: must still be in the chain")
-    p.set_defaults(func=cmd_verify)
-
-    p = asub.add_parser("tail", parents=[common], help="the last records (-f: follow)")
-    p.add_argument("-n", "--lines", type=int, default=10, metavar="N")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("--json", action="store_true", help="the raw JSON lines")
-    p.set_defaults(func=cmd_tail)
-
-    p = asub.add_parser("report", parents=[common], help="summary for an auditor over a period")
-    p.add_argument(
-        "--from", dest="start", type=_day_or_time, help="YYYY-MM-DD or ISO date-time (default: start)"
-    )
-    p.add_argument(
-        "--to",
-        dest="end",
-        type=_day_end_or_time,
-        metavar="DATE",
-        help="YYYY-MM-DD (inclusive) or ISO date-time",
-    )
-    p.add_argument("--format", choices=("text", "csv", "html"), default="text")
-    p.add_argument("--output", "-o", help="write to FILE instead of standard output")
-    p.add_argument("--top", type=int, default=10, help="how many top senders and domains")
-    p.set_defaults(func=cmd_report)
-
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -169,10 +87,6 @@ def _quarantine(args: argparse.Namespace) -> Quarantine:
     from detox.quarantine import Quarantine
 
     return Quarantine(args.load_config(args.config))
-
-
-def _write_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def _terminal_width() -> int | None:
@@ -188,7 +102,7 @@ def _held_summary(view: MessageView) -> str:
     return text + (f" +{len(held) - 1}" if len(held) > 1 else "")
 
 
-# -- quarantine ----------------------------------------------------------------------------------
+# -- commands ------------------------------------------------------------------------------------
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -208,8 +122,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     finally:
         quarantine.close()
     if args.json:
-        _write_json([v.as_json() for v in views])
-        return EXIT_OK
+        write_json([v.as_json() for v in views])
+        return ExitCode.OK
     rows = []
     for view in views:
         rcpts = view.recipients
@@ -234,7 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
     )
     print(f"{len(rows)} message(s)" + ("" if args.all else " with held parts"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -255,8 +169,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         data = view.as_json(history=True)
         data["headers"] = [{"name": k, "value": v} for k, v in headers]
         data["original_path"] = str(original)
-        _write_json(data)
-        return EXIT_OK
+        write_json(data)
+        return ExitCode.OK
     row = view.row
     lines = [
         f"Queue ID (受付番号): {view.queue_id}",
@@ -318,7 +232,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 f"  reason: {cell(r['reason'])}"
             )
     print("\n".join(lines))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -337,14 +251,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if to_stdout:
         sys.stdout.buffer.write(item.data)
         sys.stdout.buffer.flush()
-        return EXIT_OK
+        return ExitCode.OK
     # Owner-only: an original may carry exactly what the filters kept away from LGWAN.
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if args.force else os.O_EXCL)
     fd = os.open(target, flags, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(item.data)
     print(f"wrote {target} ({len(item.data)} bytes, sha256 {item.sha256})", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -358,7 +272,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     finally:
         quarantine.close()
     print(f"approved {ref} by {for_log(args.by)}" + ("" if rule else " (note: the two-person rule is off)"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -383,7 +297,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     print(
         "queued in the spool; `detox serve` delivers it (within a second while running, else when it starts)"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -396,7 +310,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     finally:
         quarantine.close()
     print(f"deleted {ref.queue_id}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -406,133 +320,4 @@ def cmd_purge(args: argparse.Namespace) -> int:
     finally:
         quarantine.close()
     print(f"purged {len(purged)} message(s) received more than {args.older_than:g} day(s) ago")
-    return EXIT_OK
-
-
-# -- audit ----------------------------------------------------------------------------------------
-
-
-def _audit_path(args: argparse.Namespace) -> Path:
-    config: DetoxConfig = args.load_config(args.config)
-    return config.state_path("audit", "audit.jsonl")
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from detox.audit import chain_files, verify_files
-
-    path = Path(args.file) if args.file else _audit_path(args)
-    files = chain_files(path)
-    if not files:
-        raise NotFoundError(f"no audit log at {path}")
-    result = verify_files(files, anchor=args.anchor.lower() if args.anchor else None)
-    if result.ok:
-        print(result.message)
-        return EXIT_OK
-    print(f"detox audit verify: FAILED: {result.message}", file=sys.stderr)
-    return EXIT_FAILED
-
-
-_SUMMARY_SKIP = frozenset({"ts", "event", "queue_id", "prev", "parts", "defects"})
-
-
-def format_record(record: dict[str, Any]) -> str:
-    """One record on one line for people: time, event, queue id, then the fields that say most."""
-    from detox.quarantine import local_time
-
-    fields = []
-    if record.get("event") == "detoxified":
-        held = [
-            p.get("filename") or p.get("part_id")
-            for p in record.get("parts") or ()
-            if p.get("action") == "hold"
-        ]
-        if held:
-            fields.append("held=" + ",".join(str(h) for h in held))
-    for key, value in record.items():
-        if key in _SUMMARY_SKIP or value in (None, "", [], {}):
-            continue
-        text = (
-            value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        )
-        fields.append(f"{key}={text}")
-    queue_id = record.get("queue_id") or "-"
-    line = f"{local_time(record.get('ts'))}  {record.get('event', '?'):<11} {queue_id:<20}  "
-    return for_log(line + " ".join(fields), 400)
-
-
-def _print_line(raw: bytes, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(raw.decode("utf-8", "replace"))
-    else:
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            record = None
-        print(format_record(record) if isinstance(record, dict) else f"(not a record) {for_log(raw)}")
-    sys.stdout.flush()
-
-
-def cmd_tail(args: argparse.Namespace) -> int:
-    from detox.audit import follow, tail
-
-    path = _audit_path(args)
-    for raw in tail(path, max(args.lines, 0)):
-        _print_line(raw, args.json)
-    if args.follow:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one stops following
-            follow(path, lambda raw: _print_line(raw, args.json))
-    return EXIT_OK
-
-
-def _first_record_time(files: list[Path]) -> datetime | None:
-    from detox.audit import iter_entries
-
-    for entry in iter_entries(files):
-        ts = entry.record.get("ts")
-        if isinstance(ts, str):
-            try:
-                return datetime.fromisoformat(ts)
-            except ValueError:
-                continue
-    return None
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from detox import report
-    from detox.audit import chain_files, iter_entries, verify_files
-
-    path = _audit_path(args)
-    files = chain_files(path)
-    if not files:
-        raise NotFoundError(f"no audit log at {path}")
-    start = args.start or _first_record_time(files) or datetime.now().astimezone()
-    end = args.end or datetime.now().astimezone() + timedelta(seconds=1)
-    if start >= end:
-        raise RefusedError("--from must be before --to")
-    built = report.build(iter_entries(files), start, end, verify_files(files))
-    renderers: dict[str, Callable[[report.Report, int], str]] = {
-        "text": report.render_text,
-        "csv": report.render_csv,
-        "html": report.render_html,
-    }
-    text = renderers[args.format](built, args.top)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8", newline="")
-    else:
-        sys.stdout.write(text)
-    return EXIT_OK
-
-
-def scan_summary(config: DetoxConfig, path: Path, jobs: int, report_file: str | None) -> int:
-    """``detox scan --summary``: the policy dry-run over every message under ``path``."""
-    from detox.dryrun import render_summary, summarize
-
-    summary = summarize(config, path, jobs)
-    sys.stdout.write(render_summary(summary))
-    if report_file:
-        text = json.dumps(summary.as_json(), ensure_ascii=False, indent=2) + "\n"
-        if report_file == "-":
-            sys.stderr.write(text)
-        else:
-            Path(report_file).write_text(text, encoding="utf-8")
-    return EXIT_OK
+    return ExitCode.OK

@@ -4,6 +4,9 @@ Input is one message, a directory (searched recursively; files that do not look 
 skipped and counted), an mbox file or a Maildir. Every message runs through the same Pipeline as the
 relay; only the decisions are kept: counts by action and reason, by deciding filter or policy rule,
 and a few examples of each — for admins tuning the TOML before they deploy it.
+
+:func:`scan_envelope` is the envelope every offline run assumes (``detox scan``, this dry-run and
+scripts/compare_outputs.py): it lives here, not in the CLI, which nothing else may import.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ _pipeline: Any = None
 
 def _init(config: DetoxConfig) -> None:
     global _pipeline
-    from detox.pipeline.runner import Pipeline
+    from detox.pipeline import Pipeline
 
     logging.getLogger().setLevel(logging.ERROR)  # filter warnings would drown the summary
     _pipeline = Pipeline(config)
@@ -134,8 +137,16 @@ def _decide(item: tuple[str, bytes]) -> dict[str, Any]:
     return {
         "label": label,
         "parts": [
-            {k: p[k] for k in ("part_id", "role", "filename", "detected_type", "filter", "action", "reason")}
-            for p in result.report["parts"]
+            {
+                "part_id": p.part_id,
+                "role": p.role,
+                "filename": p.filename,
+                "detected_type": p.detected_type,
+                "filter": p.filter,
+                "action": p.action,
+                "reason": p.reason,
+            }
+            for p in result.report.parts
         ],
     }
 
