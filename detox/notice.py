@@ -25,6 +25,8 @@ def hold_id(queue_id: str, part_id: str) -> str:
 def display_name(record: PartRecord) -> str:
     if record.filename:
         return record.filename
+    if record.role == "message":  # held whole by sender authentication ([inbound])
+        return "メール全体"
     if record.role == Role.BODY:
         return f"本文（{record.declared_type}）"
     return f"名前のない添付ファイル（{record.declared_type}）"

@@ -155,6 +155,7 @@ class MessageView:
             "message_id": row["message_id"],
             "client_address": row["client_address"],
             "helo": row["helo"],
+            **({"authentication": json.loads(row["auth"])} if row["auth"] else {}),
             "size": row["size"],
             "sha256": row["sha256"],
             "actions": row["actions"],
@@ -316,9 +317,16 @@ class Quarantine:
         reason: str | None = None,
         held_only: bool = True,
         limit: int = 0,
+        auth: Sequence[tuple[str, str]] = (),
     ) -> list[MessageView]:
         rows = self.store.find_messages(
-            since=since, sender=sender, recipient=recipient, reason=reason, held_only=held_only, limit=limit
+            since=since,
+            sender=sender,
+            recipient=recipient,
+            reason=reason,
+            held_only=held_only,
+            limit=limit,
+            auth=auth,
         )
         return [MessageView(row, list(self.store.parts(row["queue_id"]))) for row in rows]
 

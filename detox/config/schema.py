@@ -284,6 +284,18 @@ class NoticeConfig(Strict):
             "archive-empty-after-detox": "圧縮ファイルの中のファイルがすべて取り除かれたため",
             "archive-member-unsafe": "圧縮ファイルの中の危険な項目（リンク・絶対パスなど）のため",
             "legacy-office": "旧形式の Office 文書・RTF はこのサーバーでは変換できない設定になっているため",
+            # [inbound]: the whole message held by sender authentication (part 0)
+            "dmarc-quarantine": (
+                "差出人のドメインが DMARC で隔離（quarantine）を求めていて、送信元の認証に失敗したため"
+            ),
+            "dmarc-reject": (
+                "差出人のドメインが DMARC で拒否（reject）を求めていて、送信元の認証に失敗したため"
+            ),
+            "spoofed-protected-domain": (
+                "当庁または関係団体のドメインを名乗っていますが、送信元として認証されなかったため"
+                "（なりすましの疑い）"
+            ),
+            "from-invalid": "差出人（From）の形式が正しくないため",
         }
     )
 
@@ -474,6 +486,7 @@ class InboundConfig(Strict):
     lookalike: Literal["warn", "off"] = "warn"
     lookalike_distance: int = Field(default=2, ge=0, le=3)
     reject_message: str = "5.7.1 Message rejected: sender authentication failed (DMARC)"
+    held_subject_prefix: str = "【隔離】"  # the Subject of the notice sent in place of a held message
     # Notice lines (the [notice] templates get them at $sender_section, or after the first line).
     notice_verified: str = "・差出人のドメイン $domain は送信元の認証（DMARC/DKIM/SPF）に成功しています。"
     notice_unverified: str = (

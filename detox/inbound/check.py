@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from detox.config.schema import InboundConfig
 from detox.inbound.decide import decide
@@ -29,14 +31,34 @@ class Outcome:
     results: AuthResults
     decision: Decision
 
-    def to_json(self) -> dict[str, object]:
-        return {"results": self.results.to_json(), "decision": self.decision.to_json()}
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "results": self.results.to_json(),
+            "decision": self.decision.to_json(),
+            "summary": self.results.summary(),
+        }
+
+    def audit_summary(self) -> dict[str, object]:
+        """What the audit record carries: each method's result, the decision and why."""
+        r, d = self.results, self.decision
+        return {
+            **r.summary(),
+            "from_domain": r.dmarc.from_domain,
+            "policy": r.dmarc.policy if r.dmarc.policy_domain else "",
+            "client_ip": r.client_ip,
+            "source": r.source,
+            "action": d.action,
+            "reason": d.reason,
+            "detail": d.detail,
+            "verified_domain": d.verified_domain,
+            "warnings": [k for k, _ in d.warnings],
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Outcome:
+    def from_json(cls, data: Mapping[str, Any]) -> Outcome:
         return cls(
-            results=AuthResults.from_json(data["results"]),  # type: ignore[arg-type]
-            decision=Decision.from_json(data["decision"]),  # type: ignore[arg-type]
+            results=AuthResults.from_json(data.get("results") or {}),
+            decision=Decision.from_json(data.get("decision") or {}),
         )
 
 
@@ -190,3 +212,21 @@ class Authenticator:
 
 async def _constant(value: SpfResult) -> SpfResult:
     return value
+
+
+def failed_outcome(authenticator: Authenticator, message: bytes, envelope: Any, why: str) -> Outcome:
+    """The outcome when authentication itself broke: every result temperror, decided as such."""
+    who = author(header_fields(message))
+    results = AuthResults(
+        spf=SpfResult("temperror", reason=why),
+        dkim=(),
+        arc=ArcResult(),
+        dmarc=DmarcResult(result="temperror", from_domain=who.domain, reason=why),
+        client_ip=envelope.client_address,
+        helo=envelope.helo,
+        mail_from=envelope.mail_from,
+        from_addresses=who.addresses,
+        display_names=who.display_names,
+        reply_to_domains=who.reply_to_domains,
+    )
+    return Outcome(results, decide(results, authenticator.config, authenticator.accepted_domains))

@@ -10,13 +10,16 @@ the result. Nothing reaches the output except text the filters produced and outp
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from email.message import Message
 
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SandboxError
 from detox.filters.base import Filter, FilterContext
+from detox.inbound.view import InboundView, inbound_view, whole_message_record
 from detox.notice import render_notice
 from detox.pipeline.compose import compose_message, serialize
 from detox.pipeline.deadline import deadline
@@ -70,6 +73,9 @@ class Pipeline:
 
     def run(self, raw: bytes, envelope: Envelope) -> DetoxResult:
         msg = parse_message(raw)
+        auth = inbound_view(self.config, envelope)
+        if auth is not None and auth.held:
+            return self._held_whole(msg, raw, envelope, auth)
         sender_domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
         ctx = FilterContext(
             queue_id=envelope.queue_id,
@@ -98,7 +104,10 @@ class Pipeline:
             notice = render_notice(
                 self.config.notice,
                 queue_id=envelope.queue_id,
-                conversions=conversion_lines(self.config, collected.notes, defanged),
+                conversions=[
+                    *(auth.notice_lines if auth is not None else ()),
+                    *conversion_lines(self.config, collected.notes, defanged),
+                ],
                 held=held,
                 delivered=delivered_attachments(records),
             )
@@ -110,6 +119,7 @@ class Pipeline:
             collected.attachments,
             actions,
             self.config,
+            auth_results=auth.header if auth is not None else None,
         )
         output = serialize(out)
         report = MessageReport(
@@ -118,6 +128,42 @@ class Pipeline:
             envelope=envelope,
             parts=tuple(PartReport.of(r) for r in records),
             urls_defanged=defanged,
+            actions=actions,
+            output_sha256=sha256(output),
+            output_size=len(output),
+        )
+        return DetoxResult(output, report, records, actions)
+
+    def _held_whole(self, msg: Message, raw: bytes, envelope: Envelope, auth: InboundView) -> DetoxResult:
+        """Sender authentication decided to hold the whole message (detox.inbound.decide): nothing
+        of its content is opened or delivered; the recipients get the notice saying so (with the
+        original's From, To and Subject), and the original waits in the quarantine (QUEUE_ID/0)."""
+        record = whole_message_record(raw, auth.reason)
+        records = (record,)
+        actions = actions_summary(Counter(), 0, records)
+        if self.config.notice.enabled:
+            text = render_notice(
+                self.config.notice, queue_id=envelope.queue_id, conversions=auth.notice_lines, held=[record]
+            )
+        else:
+            text = "\n".join(auth.notice_lines) + "\n"
+        out = compose_message(
+            msg,
+            envelope,
+            text,
+            (),
+            actions,
+            self.config,
+            auth_results=auth.header,
+            subject_prefix=auth.prefix,
+        )
+        output = serialize(out)
+        report = MessageReport(
+            queue_id=envelope.queue_id,
+            message=MessageInfo.of(msg, raw),
+            envelope=envelope,
+            parts=(PartReport.of(record),),
+            urls_defanged=0,
             actions=actions,
             output_sha256=sha256(output),
             output_size=len(output),

@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """Text decoded from a body, with the codec actually used and how it was chosen."""
@@ -44,8 +43,6 @@ class Decoded:
     text: str
     charset: str  # normalized codec name: "utf-8", "iso-2022-jp-ms", "cp932", "euc-jp", "us-ascii", ...
     method: str  # "label" | "meta" | "detected" | "fallback"
-
-
 
 
 # ============================================================================ labels
