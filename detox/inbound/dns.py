@@ -39,6 +39,9 @@ MAX_TTL_S = 3600
 MIN_TTL_S = 5
 # NXDOMAIN / no data: cached this long (RFC 2308 would use the SOA minimum; short is safer here).
 NEGATIVE_TTL_S = 60
+# A failure (timeout, SERVFAIL) is remembered this long (RFC 2308 §7 allows up to 5 minutes): during a
+# DNS outage each message gets its temperror at once instead of waiting out the timeouts again.
+FAILURE_TTL_S = 15
 # A TXT RRset larger than this (all strings of all records) is refused: SPF, DKIM and DMARC records
 # are far smaller; an attacker's huge record should cost neither memory nor CPU.
 MAX_TXT_BYTES = 8192
@@ -89,7 +92,7 @@ class Resolver:
         resolver.lifetime = timeout_s
         resolver.cache = None  # ours below: it caps size and NXDOMAIN handling is ours
         self._resolver = resolver
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Answer | DnsTempError]] = OrderedDict()
         self._cache_size = cache_size
         self.queries = 0  # sent to the network (not answered from the cache)
         self.hits = 0
@@ -104,13 +107,22 @@ class Resolver:
         if cached is not None and cached[0] > now:
             self._cache.move_to_end(key)
             self.hits += 1
+            if isinstance(cached[1], DnsTempError):
+                raise DnsTempError(str(cached[1]))
             return cached[1]
-        answer, ttl = await self._query(key[0], qtype)
-        self._cache[key] = (now + ttl, answer)
+        try:
+            answer, ttl = await self._query(key[0], qtype)
+        except DnsTempError as exc:
+            self._remember(key, now + FAILURE_TTL_S, exc)
+            raise
+        self._remember(key, now + ttl, answer)
+        return answer
+
+    def _remember(self, key: tuple[str, str], until: float, value: Answer | DnsTempError) -> None:
+        self._cache[key] = (until, value)
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return answer
 
     async def _query(self, name: str, qtype: str) -> tuple[Answer, float]:
         if not name or len(name) > 253 or any(not 0 < len(label) < 64 for label in name.split(".")):
