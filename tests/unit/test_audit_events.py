@@ -425,7 +425,15 @@ VALUES = {e.event for e in EVENTS} | {
     "expired",
     "disabled",
 }
+# The sender authentication summary (detox.inbound.check.Outcome.audit_summary) and its values.
+AUTHENTICATION = {
+    "spf", "dkim", "dmarc", "arc", "from_domain", "policy", "client_ip", "source", "action", "reason",
+    "detail", "verified_domain", "warnings",
+}  # fmt: skip
+VALUES |= {"accept", "mark", "hold", "smtp", "received", "relay-ar"}
 NESTED = {
+    "detoxified": AUTHENTICATION,
+    "refused": AUTHENTICATION,
     "released": {f.name for f in dataclasses.fields(ReleasedPart)},
     "delivered": {f.name for f in dataclasses.fields(RecipientReply)},
     "deferred": {f.name for f in dataclasses.fields(RecipientReply)},
@@ -498,7 +506,7 @@ def test_readme_part_and_report_fields_match_the_report(audit_section: str) -> N
     env = Envelope(Q, "", ())
     info = MessageInfo(None, None, None, None, 0, "", ())
     report = MessageReport(Q, info, env, (), 0, "", "", 0)
-    assert named == set(report.as_dict())
+    assert named == set(report.as_dict()) | {"authentication"}  # present with [inbound] on
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`message`"])) >= set(info.as_dict())
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`envelope`"])) >= set(env.as_dict())
 
