@@ -124,8 +124,23 @@ class Resolver:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def cached(self, name: str, qtype: str) -> Answer | None:
+        """A fresh cached answer, or None; callable from any thread (a dict read under the GIL; the
+        LRU order is left to the loop). A cached failure raises DnsTempError."""
+        entry = self._cache.get((_normalise(name), qtype))
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        self.hits += 1
+        if isinstance(entry[1], DnsTempError):
+            raise DnsTempError(str(entry[1]))
+        return entry[1]
+
     async def _query(self, name: str, qtype: str) -> tuple[Answer, float]:
         if not name or len(name) > 253 or any(not 0 < len(label) < 64 for label in name.split(".")):
+            return Answer(qtype, (), exists=False), NEGATIVE_TTL_S
+        try:
+            dns.name.from_text(name)
+        except dns.exception.DNSException:
             return Answer(qtype, (), exists=False), NEGATIVE_TTL_S
         if not self._resolver.nameservers:
             raise DnsTempError("no nameserver configured")
@@ -165,11 +180,8 @@ class Resolver:
 
 
 def _normalise(name: str) -> str:
-    name = name.strip().rstrip(".").lower()
-    try:
-        return dns.name.from_text(name).to_text(omit_final_dot=True) if name else ""
-    except dns.exception.DNSException:
-        return ""
+    """The cache key: lower case, no final dot (the name is checked when it is first asked)."""
+    return name.strip().rstrip(".").lower()
 
 
 class SyncLookup:
@@ -192,6 +204,9 @@ class SyncLookup:
         if self._left <= 0:
             raise DnsTempError("DNS lookup budget for this message spent")
         self._left -= 1
+        cached = self._resolver.cached(name, qtype)  # no hop to the event loop for a cache hit
+        if cached is not None:
+            return cached
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise DnsTempError("DNS deadline for this message passed")

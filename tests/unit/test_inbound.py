@@ -414,3 +414,13 @@ def test_header_cannot_be_injected(dns: DnsServer) -> None:
     methods = {r.method: r.result for r in parsed.results}
     assert methods["dmarc"] == "fail" and methods["dkim"] in ("permerror", "fail")
     assert [r.method for r in parsed.results].count("dmarc") == 1
+
+
+def test_fast_integer_conversions_match_dkimpy() -> None:
+    from detox.inbound import dkim as ours
+
+    for n in (0, 1, 255, 256, 2**2047 + 12345, 2**4096 - 1):
+        for length in (-1, 1, 4, 256, 512):
+            assert ours._int2str(n, length) == ours._ORIGINAL_INT2STR(n, length)
+        data = ours._int2str(n)
+        assert ours._str2int(data) == ours._ORIGINAL_STR2INT(data) == n
