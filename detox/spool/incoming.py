@@ -136,6 +136,7 @@ class IncomingWriter:
         with self._io:
             self.envelope = envelope
             if self._fh is None or self.error is not None:
+                self.reserve = 0  # not on disk yet: the commit writes the final line, no room needed
                 return
             header = entry_header(envelope, self._header_len - len(MAGIC) - 1)
             if len(header) != self._header_len and envelope.auth is not None:
