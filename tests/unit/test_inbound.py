@@ -424,3 +424,30 @@ def test_fast_integer_conversions_match_dkimpy() -> None:
             assert ours._int2str(n, length) == ours._ORIGINAL_INT2STR(n, length)
         data = ours._int2str(n)
         assert ours._str2int(data) == ours._ORIGINAL_STR2INT(data) == n
+
+
+# ---- what the pipeline makes of it ---------------------------------------------------------------
+
+
+def test_pipeline_adds_our_header_alone_and_the_notice_lines(dns: DnsServer, keys: dict[str, Key]) -> None:
+    import email
+    import email.policy
+
+    from detox.config.schema import DetoxConfig
+    from detox.envelope import Envelope
+    from detox.pipeline import Pipeline
+
+    forged_ar = "Authentication-Results: detox.city.example.lg.jp; dkim=pass; dmarc=pass\r\n"
+    msg = forged_ar + sign(mail(), keys["ed"], "partner.example", "ed").decode()
+    out = run(dns, msg.encode(), ip=EVIL_IP)
+    env = Envelope("1A2B3C4D5E6F70819203", "taro@partner.example", ("soumu@city.example.lg.jp",))
+    result = Pipeline(DetoxConfig()).run(msg.encode(), Envelope(**{**env.as_dict(), "rcpt_tos": env.rcpt_tos,
+                                                                   "auth": out.to_json()}))  # fmt: skip
+    parsed = email.message_from_bytes(result.output, policy=email.policy.default)
+    [header] = parsed.get_all("Authentication-Results")
+    assert str(header).startswith("detox.city.example.lg.jp; spf=fail")
+    assert "dkim=pass header.d=partner.example" in str(header)
+    body = parsed.get_body(("plain",))
+    assert body is not None and "partner.example は送信元の認証" in body.get_content()
+    assert result.report.as_dict()["authentication"]["decision"]["action"] == "accept"
+    assert "auth" not in result.report.as_dict()["envelope"]
