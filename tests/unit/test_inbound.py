@@ -451,3 +451,21 @@ def test_pipeline_adds_our_header_alone_and_the_notice_lines(dns: DnsServer, key
     assert body is not None and "partner.example は送信元の認証" in body.get_content()
     assert result.report.as_dict()["authentication"]["decision"]["action"] == "accept"
     assert "auth" not in result.report.as_dict()["envelope"]
+
+
+def test_dns_cache_is_capped_and_remembers_failures(dns: DnsServer) -> None:
+    from detox.inbound.dns import DnsTempError, Resolver
+
+    async def go() -> None:
+        r = Resolver((dns.address,), timeout_s=0.5, cache_size=2)
+        for name in ("partner.example", "soft.example", "neutral.example", "partner.example"):
+            await r.lookup(name, "TXT")
+        assert r.queries == 4 and len(r._cache) == 2  # the first was evicted, asked again
+        await r.lookup("partner.example", "TXT")
+        assert r.queries == 4 and r.hits == 1
+        for _ in range(2):
+            with pytest.raises(DnsTempError):
+                await r.lookup("spftimeout.example", "TXT")
+        assert r.queries == 5  # the timeout is remembered: the second failed at once
+
+    asyncio.run(go())
