@@ -410,8 +410,8 @@ def soak(args: argparse.Namespace) -> int:
 
         recipients = sum(len(item.rcpts) for item in load)
         rows = [
-            ("messages sent", f"{args.messages} ({corpus_count} corpus, {args.messages - corpus_count} "
-                              f"Japanese HTML), {recipients} recipients"),
+            ("messages sent", (f"{args.messages} ({corpus_count} corpus, {args.messages - corpus_count} "
+                              f"Japanese HTML), {recipients} recipients")),
             ("accepted (250)", f"{result.messages} messages / {result.accepted} recipients"),
             ("refused at SMTP (5xx)", f"{len(books.refused)} {sorted(set(books.refused))[:3]}"),
             ("delivered", f"{result.delivered} recipients ({len(copies)} Maildir files)"),
@@ -419,13 +419,13 @@ def soak(args: argparse.Namespace) -> int:
             ("lost", f"{len(result.lost)} {result.lost[:5]}"),
             ("duplicates", f"{result.duplicate_copies} extra copies of {len(result.duplicates)} recipients"),
             ("unacknowledged, sent", f"{result.unacked} (spooled by detox when the kill cut the session)"),
-            ("unidentified files", f"{result.unknown + unreadable}; unreadable audit lines {broken}; "
-                                   f"moved aside {moved_aside}"),
+            ("unidentified files", (f"{result.unknown + unreadable}; unreadable audit lines {broken}; "
+                                   f"moved aside {moved_aside}")),
             ("audit events", str(dict(sorted(events_by_kind.items())))),
             ("peak RSS / PSS", f"{sampler.peak_rss:.0f} / {sampler.peak_pss:.0f} MB (detox's process tree)"),
-            ("throughput", f"{result.messages / sent_s:.1f} msg/s accepted over {sent_s:.0f}s; all delivered "
-                           f"after {total_s:.0f}s ({result.messages / total_s:.1f} msg/s), faults included; "
-                           "measured, not asserted"),
+            ("throughput", (f"{result.messages / sent_s:.1f} msg/s accepted over {sent_s:.0f}s; "
+                           f"all delivered after {total_s:.0f}s ({result.messages / total_s:.1f} msg/s), "
+                           "faults included; measured, not asserted")),
         ]  # fmt: skip
         print(f"\n## detox soak — {time.strftime('%Y-%m-%d %H:%M')} ({total_s:.0f} s)")
         print(f"command: {sys.executable} {' '.join(sys.argv)}")

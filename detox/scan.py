@@ -226,8 +226,10 @@ def summarize(config: DetoxConfig, path: Path, jobs: int = 1) -> Summary:
 def render_summary(summary: Summary) -> str:
     out = [
         f"Policy dry-run over {for_log(summary.source)} — nothing was delivered or stored.",
-        f"Messages: {summary.messages} ({len(summary.errors)} failed in the pipeline; "
-        f"{summary.skipped} files skipped: not mail)",
+        (
+            f"Messages: {summary.messages} ({len(summary.errors)} failed in the pipeline; "
+            f"{summary.skipped} files skipped: not mail)"
+        ),
         f"  with held attachments: {summary.with_held}; with converted attachments: {summary.with_converted}",
         "",
         "Attachments by action and reason:",

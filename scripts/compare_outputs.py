@@ -93,9 +93,10 @@ def corpus_dir() -> Path | None:
 
 def inputs() -> list[tuple[str, str, str]]:
     """(id, path, hex bytes) for every input; generated mails are carried inline."""
-    found: list[tuple[str, str, str]] = []
-    for path in sorted((ROOT / "fixtures" / "mail").glob("*.eml")):
-        found.append((f"fixtures/{path.name}", str(path), ""))
+    found = [
+        (f"fixtures/{path.name}", str(path), "")
+        for path in sorted((ROOT / "fixtures" / "mail").glob("*.eml"))
+    ]
     corpus = corpus_dir()
     if corpus is not None:
         for line in (corpus / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()[1:]:

@@ -86,7 +86,7 @@ _SUMMARY_SKIP = frozenset({"ts", "event", "queue_id", "prev", "parts", "defects"
 
 def format_record(record: dict[str, Any]) -> str:
     """One record on one line for people: time, event, queue id, then the fields that say most."""
-    from detox.quarantine import local_time
+    from detox.quarantine.holds import local_time
 
     fields = []
     if record.get("event") == "detoxified":

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from detox.audit import Entry, VerifyResult, to_rfc3339
-from detox.quarantine import local_time
+from detox.quarantine.holds import local_time
 from detox.table import render
 
 OUTCOMES = ("delivered", "partly-failed", "failed", "pending")
@@ -165,8 +165,10 @@ def render_text(report: Report, top: int = 10) -> str:
         f"Audit chain (改ざん検知): {_chain_line(report.chain)}",
         f"Records in the period: {report.records}",
         "",
-        f"Messages by outcome (受信メールの結果): {report.messages} received, "
-        f"{report.with_held} with held parts",
+        (
+            f"Messages by outcome (受信メールの結果): {report.messages} received, "
+            f"{report.with_held} with held parts"
+        ),
         render(["outcome", "messages"], [(o, report.outcomes[o]) for o in OUTCOMES]),
         "",
         "Attachments by action and reason (添付ファイルの処理):",
@@ -317,10 +319,14 @@ def render_html(report: Report, top: int = 10) -> str:
     chain_class = "ok" if report.chain.ok else "broken"
     sections = [
         f"<h1>detox 監査レポート <small>{html.escape(_period(report))}</small></h1>",
-        f'<p class="{chain_class}">監査ログの改ざん検知 (hash chain): '
-        f"{html.escape(_chain_line(report.chain))}</p>",
-        f"<h2>受信メールの結果 (messages by outcome)</h2><p>{report.messages} 通受信、"
-        f"うち保管（添付の取り除き）あり {report.with_held} 通</p>",
+        (
+            f'<p class="{chain_class}">監査ログの改ざん検知 (hash chain): '
+            f"{html.escape(_chain_line(report.chain))}</p>"
+        ),
+        (
+            f"<h2>受信メールの結果 (messages by outcome)</h2><p>{report.messages} 通受信、"
+            f"うち保管（添付の取り除き）あり {report.with_held} 通</p>"
+        ),
         _html_table(["outcome", "messages"], [(o, report.outcomes[o]) for o in OUTCOMES]),
         "<h2>添付ファイルの処理 (attachments by action and reason)</h2>",
         _html_table(

@@ -21,7 +21,8 @@ from detox.table import cell, render
 from detox.untrusted import for_log
 
 if TYPE_CHECKING:  # imported when used: `detox --help` need not load the pipeline
-    from detox.quarantine import MessageView, Quarantine
+    from detox.quarantine.admin import Quarantine
+    from detox.quarantine.holds import MessageView
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _auth_filter(text: str) -> tuple[str, str]:
-    from detox.store import AUTH_KEYS
+    from detox.quarantine.store import AUTH_KEYS
 
     key, sep, value = text.partition("=")
     key = key.strip().lower()
@@ -102,7 +103,7 @@ def _auth_filter(text: str) -> tuple[str, str]:
 
 
 def _quarantine(args: argparse.Namespace) -> Quarantine:
-    from detox.quarantine import Quarantine
+    from detox.quarantine.admin import Quarantine
 
     return Quarantine(args.load_config(args.config))
 
@@ -125,7 +126,7 @@ def _held_summary(view: MessageView) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from detox.audit import to_rfc3339
-    from detox.quarantine import local_time
+    from detox.quarantine.holds import local_time
 
     quarantine = _quarantine(args)
     try:
@@ -171,7 +172,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from detox.quarantine import WHOLE_MESSAGE, local_time, parse_ref
+    from detox.quarantine.holds import WHOLE_MESSAGE, local_time, parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -255,7 +256,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     to_stdout = args.output == "-"
@@ -281,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -295,7 +296,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)
@@ -320,7 +321,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from detox.quarantine import parse_ref
+    from detox.quarantine.holds import parse_ref
 
     ref = parse_ref(args.id)
     quarantine = _quarantine(args)

@@ -255,7 +255,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace, event: str, **fields: Any) -> None:
     from detox.audit import AuditLog
-    from detox.quarantine import actor
+    from detox.quarantine.holds import actor
 
     AuditLog.from_config(args.load_config(args.config)).write(event, None, **fields, **actor())
 

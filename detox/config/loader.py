@@ -10,6 +10,7 @@ always ran, so the first problem reported stays the same one.
 from __future__ import annotations
 
 import os
+import string
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,22 @@ def load_config(
     return config
 
 
+# What build_dsn (detox.delivery.dsn) fills in ``delivery.bounce_text``; checked here, so that
+# loading the configuration imports nothing of delivery.
+BOUNCE_PLACEHOLDERS = frozenset({"hostname", "subject", "received_at", "queue_id", "recipients"})
+
+
+def check_bounce_text(text: str) -> str | None:
+    """A problem with a ``delivery.bounce_text`` template, or None."""
+    template = string.Template(text)
+    if not template.is_valid():
+        return "invalid placeholder (a lone $; write $$ for a dollar sign)"
+    unknown = sorted(set(template.get_identifiers()) - BOUNCE_PLACEHOLDERS)
+    if unknown:
+        return f"unknown placeholder ${unknown[0]} (known: {', '.join(sorted(BOUNCE_PLACEHOLDERS))})"
+    return None
+
+
 def validate_semantics(config: DetoxConfig, file: str, validate: Validator | None = None) -> None:
     """Checks that span keys: URLs parse, TLS files exist; the caller's ``validate`` in between."""
     parse_listen(config.server.listen, file=file)
@@ -103,8 +120,6 @@ def validate_semantics(config: DetoxConfig, file: str, validate: Validator | Non
         parse_deliver_to(config.delivery.bounce_via, file=file, key="delivery.bounce_via")
     if config.delivery.bounce_from and "@" not in config.delivery.bounce_from:
         raise ConfigError(file, "delivery.bounce_from", "expected an address like MAILER-DAEMON@host")
-    from detox.dsn import check_bounce_text  # late: dsn imports the schema
-
     problem = check_bounce_text(config.delivery.bounce_text)
     if problem:
         raise ConfigError(file, "delivery.bounce_text", problem)

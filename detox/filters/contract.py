@@ -39,9 +39,11 @@ def verdict_problems(
     if verdict.action in (Action.HOLD, Action.DROP) and verdict.reason not in cls.reasons:
         problems.append(f"{cls.name} answered reason {verdict.reason!r}, not among its reasons {cls.reasons}")
     from_members = set(member_notes) if verdict.members else set()
-    for note in verdict.notes:
-        if note not in cls.notes and note not in from_members:
-            problems.append(f"{cls.name} answered note {note!r}, not among its notes {cls.notes}")
+    problems.extend(
+        f"{cls.name} answered note {note!r}, not among its notes {cls.notes}"
+        for note in verdict.notes
+        if note not in cls.notes and note not in from_members
+    )
     for record in verdict.members:
         own = record.filter == cls.name
         if own and record.action in (Action.HOLD, Action.DROP) and record.reason not in cls.reasons:

@@ -82,8 +82,7 @@ def walk_names(domain: str) -> list[str]:
     if len(labels) > 8:
         labels = labels[-7:]
         names.append(".".join(labels))
-    for i in range(1, len(labels)):
-        names.append(".".join(labels[i:]))
+    names.extend(".".join(labels[i:]) for i in range(1, len(labels)))
     return names[:MAX_WALK_QUERIES]
 
 

@@ -38,9 +38,7 @@ def _dispatch(name: str, qtype: str, strict: Any = True, timeout: Any = None) ->
         raise pyspf.TempError(f"DNS {exc}") from exc
     except DnsDataError as exc:
         raise pyspf.PermError(f"DNS {exc}") from exc
-    out: list[Any] = []
-    for record in answer.records:
-        out.append(((name, qtype), (record,) if qtype == "TXT" else record))
+    out: list[Any] = [((name, qtype), (record,) if qtype == "TXT" else record) for record in answer.records]
     return iter(out)
 
 

@@ -58,7 +58,7 @@ def detect_type(data: bytes, *, digest: bytes | None = None) -> str:
 # all-ASCII PDF opens with its signature: those still go to libmagic, so a body held as not-text is
 # named by what it is.
 TEXT_BODY_TYPES = frozenset({"text/plain", "text/html"})
-_NON_TEXT_CONTROLS = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x1B), *range(0x1C, 0x20)])
+_NON_TEXT_CONTROLS = bytes([*range(0x09), 0x0B, *range(0x0E, 0x1B), *range(0x1C, 0x20)])
 
 
 def plainly_text(payload: bytes) -> bool:

@@ -34,9 +34,7 @@ _REBUILT = (IMAGE_REENCODED, PDF_SANITIZED, PDF_RASTERIZED, OFFICE_DISARMED, OFF
 
 def actions_summary(notes: Counter[str], defanged: int, records: Sequence[PartRecord]) -> str:
     """A machine-readable summary, e.g. ``text-converted; urls-defanged=2; attachments-held=1``."""
-    items = [TEXT_CONVERTED]
-    for note in sorted(notes):
-        items.append(f"{note}={notes[note]}")
+    items = [TEXT_CONVERTED, *(f"{note}={notes[note]}" for note in sorted(notes))]
     if defanged:
         items.append(f"{URLS_DEFANGED}={defanged}")
     attachment_actions = Counter(r.action for r in records if r.role == Role.ATTACHMENT)

@@ -17,6 +17,7 @@ from typing import Any
 from detox.audit import AuditLog
 from detox.config.loader import DeliverTo
 from detox.config.schema import DetoxConfig
+from detox.quarantine.store import Store
 from detox.serve.control import ControlRunner, Live, Reloader
 from detox.serve.delivery import DeliveryRunner
 from detox.serve.detoxify import DetoxRunner
@@ -25,7 +26,6 @@ from detox.serve.ingest import Ingest
 from detox.smtp.handler import Backlog, RefusalLog
 from detox.smtp.server import tls_context
 from detox.spool import ServeLock, Spool
-from detox.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from detox.audit import AuditLog
-from detox.audit_events import Reloaded, Requeued
+from detox.audit.events import Reloaded, Requeued
 from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.errors import ConfigError

@@ -3,8 +3,9 @@
 Per attempt: the pending recipients are sent at once; each recipient's outcome updates its own state
 (delivered, failed for good on a 5xx, or still pending with the next attempt after an exponential
 backoff); a recipient still pending after ``delivery.max_age_days`` fails as expired. Recipients
-given up on get their sender a DSN (``detox.dsn``) unless :func:`detox.dsn.bounce_block` forbids one.
-Then ``Spool.record_progress`` writes it all in its order, with the attempt's audit records.
+given up on get their sender a DSN (``detox.delivery.dsn``) unless
+:func:`detox.delivery.dsn.bounce_block` forbids one. Then ``Spool.record_progress`` writes it all in
+its order, with the attempt's audit records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from detox.audit import AuditLog
-from detox.audit_events import (
+from detox.audit.events import (
     AuditEvent,
     Bounced,
     BounceSuppressed,
@@ -31,9 +32,10 @@ from detox.config.loader import DeliverTo, parse_deliver_to
 from detox.config.schema import DetoxConfig
 from detox.delivery import Deliverer, make_deliverer
 from detox.delivery.base import Outcome, Status
+from detox.delivery.dsn import FailedRecipient, bounce_block, build_dsn, enhanced_status, header_section
 from detox.delivery.retry import backoff, next_attempt
-from detox.dsn import FailedRecipient, bounce_block, build_dsn, enhanced_status, header_section
 from detox.errors import SpoolCorrupt, SpoolError
+from detox.quarantine.store import Store
 from detox.serve.stage import Stage, move_aside
 from detox.spool import (
     DeliveryState,
@@ -44,7 +46,6 @@ from detox.spool import (
     Spool,
     new_queue_id,
 )
-from detox.store import Store
 
 log = logging.getLogger(__name__)
 

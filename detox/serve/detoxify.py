@@ -23,16 +23,16 @@ from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 
 from detox.audit import AuditLog
-from detox.audit_events import Detoxified, PipelineDeferred
+from detox.audit.events import Detoxified, PipelineDeferred
 from detox.config.schema import DetoxConfig
 from detox.delivery.retry import backoff
 from detox.errors import SpoolCorrupt, SpoolError, StoreError
 from detox.pipeline.report import MessageReport
+from detox.quarantine.store import Store
 from detox.serve.pool import MessageTimeout, WorkerPools
 from detox.serve.stage import Stage, move_aside
 from detox.smtp.handler import Backlog
 from detox.spool import DeliveryState, PipelineTries, Spool, WorkerResult
-from detox.store import Store
 
 log = logging.getLogger(__name__)
 

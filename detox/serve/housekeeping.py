@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 from detox.audit import AuditLog
-from detox.audit_events import Purged
+from detox.audit.events import Purged
+from detox.quarantine.store import Store
 from detox.smtp.handler import RefusalLog
 from detox.spool import Spool
-from detox.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The pipeline's report (:class:`~detox.pipeline.report.MessageReport`, typed) is read here and nowhere
 else in the package: for the first delivery state of a detoxified message (its envelope, the
 original's hash, the held parts). The ``detoxified`` audit record is made from it by
-:meth:`detox.audit_events.Detoxified.of`.
+:meth:`detox.audit.events.Detoxified.of`.
 """
 
 from __future__ import annotations

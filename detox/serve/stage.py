@@ -13,7 +13,7 @@ import time
 from typing import Literal
 
 from detox.audit import AuditLog
-from detox.audit_events import MovedAside
+from detox.audit.events import MovedAside
 from detox.errors import SpoolError
 from detox.spool import Spool
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from detox.config.schema import DetoxConfig
 from detox.pipeline.report import MessageReport
 from detox.pipeline.runner import Pipeline
+from detox.quarantine.store import Store
 from detox.serve.report import initial_state, original_sha256
 from detox.spool import Spool, WorkerResult
-from detox.store import Store
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from detox.audit import AuditLog, now_rfc3339
-from detox.audit_events import DataRefused, Received, SessionRefused
+from detox.audit.events import DataRefused, Received, SessionRefused
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SpoolError

@@ -28,9 +28,11 @@ FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20251125"))
 BATCH = 60
 
 CONVERTER_SEEDS = (
-    b"{\\rtf1\\ansi\\ansicpg932{\\fonttbl{\\f0\\fnil\\fcharset128 \\'82\\'6c\\'82\\'72;}}"
-    b"{\\*\\generator x;}\\f0 \\'93\\'fa\\'96\\'7b\\u-25895?{\\field{\\*\\fldinst HYPERLINK \"http://a\"}"
-    b"{\\fldrslt link}}\\par{\\object{\\*\\objdata 0102}}\\bin3 abc}",
+    (
+        b"{\\rtf1\\ansi\\ansicpg932{\\fonttbl{\\f0\\fnil\\fcharset128 \\'82\\'6c\\'82\\'72;}}"
+        b"{\\*\\generator x;}\\f0 \\'93\\'fa\\'96\\'7b\\u-25895?{\\field{\\*\\fldinst HYPERLINK \"http://a\"}"
+        b"{\\fldrslt link}}\\par{\\object{\\*\\objdata 0102}}\\bin3 abc}"
+    ),
     "<html><head><meta charset=utf-8><style>p{}</style></head><body><table><tr><td>①㈱</td>"
     "<td><a href='javascript:x'>髙</a></td></tr></table><ul><li>a<ol><li>b</ol></ul><pre> x </pre>"
     "<script>1</script><img alt=画像 src=x><blockquote>q</blockquote></body></html>".encode(),

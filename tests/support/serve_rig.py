@@ -20,8 +20,8 @@ from detox.audit import AuditLog, now_rfc3339, read_records
 from detox.config.loader import load_config
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
+from detox.quarantine.store import Store
 from detox.spool import Spool, new_queue_id
-from detox.store import Store
 from support.detox_proc import write_config
 
 CITY = "city.example.lg.jp"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import detox.audit as audit_mod
+import detox.audit.log as audit_mod
 from detox.audit import (
     GENESIS,
     ROTATED,
@@ -93,11 +93,11 @@ def _tamper(path: Path, change: str, index: int) -> None:
     [
         ("edit", "audit.jsonl line 4: chain broken: audit.jsonl line 3 was edited"),
         ("delete", "audit.jsonl line 3: chain broken: audit.jsonl line 2 was edited, or lines were deleted"),
-        ("insert", "audit.jsonl line 4: chain broken: the line(s) after audit.jsonl line 2 up to audit.jsonl "
-                   "line 3 were inserted"),
+        ("insert", ("audit.jsonl line 4: chain broken: the line(s) after audit.jsonl line 2 up to "
+                   "audit.jsonl line 3 were inserted")),
         ("insert-garbage-prev", "audit.jsonl line 3: chain broken: this line was inserted"),
-        ("reorder", "audit.jsonl line 3: chain broken: the line is out of order, it belongs right after "
-                    "audit.jsonl line 4"),
+        ("reorder", ("audit.jsonl line 3: chain broken: the line is out of order, it belongs right after "
+                    "audit.jsonl line 4")),
         ("not-json", "audit.jsonl line 3: not a complete JSON record"),
     ],
 )  # fmt: skip

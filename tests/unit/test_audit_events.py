@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from detox.audit import AuditLog
-from detox.audit_events import (
+from detox.audit.events import (
     EVENTS,
     Actor,
     Approved,

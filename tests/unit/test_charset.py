@@ -496,9 +496,11 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "cp932",
             "label",
-            "山田様\r\n\r\nお世話になっております。㈱髙橋工務店の髙橋です。\r\n"
-            "①見積書（表計算ソフト形式）を送付いたします。\r\n②工期：令和７年１２月～令和８年３月\r\n"
-            "③金額：￥1,234,000－（税込）\r\nご確認のほど、よろしくお願い申し上げます。\r\n",
+            (
+                "山田様\r\n\r\nお世話になっております。㈱髙橋工務店の髙橋です。\r\n"
+                "①見積書（表計算ソフト形式）を送付いたします。\r\n②工期：令和７年１２月～令和８年３月\r\n"
+                "③金額：￥1,234,000－（税込）\r\nご確認のほど、よろしくお願い申し上げます。\r\n"
+            ),
         )
     ],
     "eucjp-8bit.eml": [
@@ -506,8 +508,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "euc-jp",
             "label",
-            "市民課 御中\r\n\r\n住民票の写しの交付をお願いします。\r\n半角カナ：ｼﾞｭｳﾐﾝﾋｮｳ\r\n"
-            "補助漢字：丂（JIS X 0212）\r\nよろしくお願いします。\r\n",
+            (
+                "市民課 御中\r\n\r\n住民票の写しの交付をお願いします。\r\n半角カナ：ｼﾞｭｳﾐﾝﾋｮｳ\r\n"
+                "補助漢字：丂（JIS X 0212）\r\nよろしくお願いします。\r\n"
+            ),
         )
     ],
     "utf8-8bit.eml": [
@@ -576,8 +580,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/plain",
             "iso-2022-jp-ms",
             "label",
-            "市報12月号のご案内です。\r\n①特集：冬の防災\r\n②お知らせ：㈱髙﨑建設による道路工事\r\n"
-            "詳細は https://www.city.example.lg.jp/ をご覧ください。",
+            (
+                "市報12月号のご案内です。\r\n①特集：冬の防災\r\n②お知らせ：㈱髙﨑建設による道路工事\r\n"
+                "詳細は https://www.city.example.lg.jp/ をご覧ください。"
+            ),
         ),
         (
             "text/html",
@@ -616,8 +622,10 @@ FIXTURE_BODIES: dict[str, list[tuple[str, str, str, str | list[str]]]] = {
             "text/csv",
             "cp932",
             "detected",
-            "氏名,所属,電話番号,備考\r\n髙橋 一郎,㈱髙﨑商事,03-1234-5678,①担当\r\n"
-            "﨑山 花子,情報政策課,内線1234,②副担当～\r\n",
+            (
+                "氏名,所属,電話番号,備考\r\n髙橋 一郎,㈱髙﨑商事,03-1234-5678,①担当\r\n"
+                "﨑山 花子,情報政策課,内線1234,②副担当～\r\n"
+            ),
         ),
     ],
     "forwarded-rfc822-iso2022jp.eml": [

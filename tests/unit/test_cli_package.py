@@ -40,7 +40,8 @@ def test_nothing_imports_the_cli() -> None:
     offenders = [
         f"{path.relative_to(REPO)}:{line}: {name}"
         for path in python_files(REPO / "detox", REPO / "bench")
-        if not path.is_relative_to(CLI) and path not in ENTRY_MODULES
+        if not path.is_relative_to(CLI)
+        and path not in ENTRY_MODULES
         and "cli" in path.read_text(encoding="utf-8")  # any import of it names it: parse only those
         for line, name in imported_modules(path)
         if name == "detox.cli" or name.startswith("detox.cli.")

@@ -9,12 +9,12 @@ import pytest
 from support.configs import make_config
 from support.invariants import parse_output as parse
 
+from detox.config.loader import check_bounce_text
 from detox.config.schema import DeliveryConfig, DetoxConfig
-from detox.dsn import (
+from detox.delivery.dsn import (
     FailedRecipient,
     bounce_block,
     build_dsn,
-    check_bounce_text,
     enhanced_status,
     header_section,
 )

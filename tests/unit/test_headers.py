@@ -205,8 +205,10 @@ def pct(data: bytes) -> str:
         ((b"Content-Disposition: attachment; filename*=''%E3%83%86%E3%82%B9%E3%83%88.txt",), "テスト.txt"),
         (
             (
-                b"Content-Disposition: attachment;\r\n filename*0*=UTF-8''%E3%83;\r\n"
-                b" filename*1*=%86%E3%82%B9%E3%83%88;\r\n filename*2=.txt",
+                (
+                    b"Content-Disposition: attachment;\r\n filename*0*=UTF-8''%E3%83;\r\n"
+                    b" filename*1*=%86%E3%82%B9%E3%83%88;\r\n filename*2=.txt"
+                ),
             ),
             "テスト.txt",
         ),
@@ -216,15 +218,19 @@ def pct(data: bytes) -> str:
         ),
         (
             (  # RFC 2047 spread over plain RFC 2231 sections (seen from older MUAs)
-                b'Content-Disposition: attachment; filename*0="=?ISO-2022-JP?B?GyRCJUYlORsoQg==?=";'
-                b' filename*1="=?ISO-2022-JP?B?GyRCJUgbKEI=?=.txt"',
+                (
+                    b'Content-Disposition: attachment; filename*0="=?ISO-2022-JP?B?GyRCJUYlORsoQg==?=";'
+                    b' filename*1="=?ISO-2022-JP?B?GyRCJUgbKEI=?=.txt"'
+                ),
             ),
             "テスト.txt",
         ),
         (
             (
-                b'Content-Disposition: attachment; filename="fallback.txt";'
-                b" filename*=UTF-8''%E3%83%86%E3%82%B9%E3%83%88.txt",
+                (
+                    b'Content-Disposition: attachment; filename="fallback.txt";'
+                    b" filename*=UTF-8''%E3%83%86%E3%82%B9%E3%83%88.txt"
+                ),
             ),
             "テスト.txt",
         ),

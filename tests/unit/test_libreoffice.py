@@ -381,7 +381,7 @@ def _ole1_package(payload: bytes) -> bytes:
     path = b"C:\\a.txt\0"
     native = (
         b"\x02\x00"
-        + b"a.txt\0"
+        b"a.txt\0"
         + path
         + b"\x00\x00\x03\x00"
         + len(path).to_bytes(4, "little")
@@ -764,9 +764,11 @@ def test_frames_round_trip_and_reject_garbage() -> None:
         ("not-json", "os.write(1, struct.pack('>I', 5) + b'nope!')\nimport time; time.sleep(60)", "protocol"),
         (
             "two-frames",
-            "frame({'status': 'ready'})\nn = struct.unpack('>I', sys.stdin.buffer.read(4))[0]\n"
-            "sys.stdin.buffer.read(n)\nos.write(1, encode({'a': 1}) + encode({'b': 2}))\n"
-            "import time; time.sleep(60)",
+            (
+                "frame({'status': 'ready'})\nn = struct.unpack('>I', sys.stdin.buffer.read(4))[0]\n"
+                "sys.stdin.buffer.read(n)\nos.write(1, encode({'a': 1}) + encode({'b': 2}))\n"
+                "import time; time.sleep(60)"
+            ),
             "",
         ),
         ("exits", "sys.stderr.write('boom\\n'); sys.exit(3)", "exit status 3"),

@@ -271,8 +271,10 @@ RELS_CT = "application/vnd.openxmlformats-package.relationships+xml"
 
 def content_types(overrides: Mapping[str, str], defaults: Mapping[str, str] | None = None) -> str:
     items = [
-        f'<Default Extension="rels" ContentType="{RELS_CT}"/>'
-        '<Default Extension="xml" ContentType="application/xml"/>'
+        (
+            f'<Default Extension="rels" ContentType="{RELS_CT}"/>'
+            '<Default Extension="xml" ContentType="application/xml"/>'
+        )
     ]
     items += [f'<Default Extension="{ext}" ContentType="{ct}"/>' for ext, ct in (defaults or {}).items()]
     items += [f'<Override PartName="/{name}" ContentType="{ct}"/>' for name, ct in overrides.items()]
@@ -757,11 +759,13 @@ def docx_with_fields() -> bytes:
             # DDEAUTO with its keyword split over two runs.
             "<w:p>" + field(["DD", "EAUTO " + cmd + " &quot;/k calc&quot;"], "表示一") + "</w:p>",
             # A simple DDE field.
-            '<w:p><w:fldSimple w:instr=" DDE cmd.exe &quot;/c calc&quot; ">'
-            "<w:r><w:t>表示二</w:t></w:r></w:fldSimple></w:p>",
+            (
+                '<w:p><w:fldSimple w:instr=" DDE cmd.exe &quot;/c calc&quot; ">'
+                "<w:r><w:t>表示二</w:t></w:r></w:fldSimple></w:p>"
+            ),
             # The keyword spelled by a nested QUOTE field (68 68 69 65 85 84 79 = DDEAUTO).
             "<w:p>"
-            + '<w:r><w:fldChar w:fldCharType="begin"/></w:r>'
+            '<w:r><w:fldChar w:fldCharType="begin"/></w:r>'
             + field(["QUOTE 68 68 69 65 85 84 79"], "DDEAUTO")
             + '<w:r><w:instrText xml:space="preserve"> '
             + cmd
@@ -774,12 +778,14 @@ def docx_with_fields() -> bytes:
             "<w:p>" + field([" HYPERLINK &quot;https://example.jp/&quot; "], "表示五") + "</w:p>",
             "<w:p>" + field([r" HYPERLINK \l &quot;section1&quot; "], "表示六") + "</w:p>",
             "<w:p>" + field([" PAGE "], "1") + "</w:p>",
-            "<w:p>"
-            + '<w:r><w:fldChar w:fldCharType="begin"><w:ffData><w:name w:val="Text1"/>'
-            + '<w:entryMacro w:val="Boom"/></w:ffData></w:fldChar></w:r>'
-            + '<w:r><w:instrText xml:space="preserve"> FORMTEXT </w:instrText></w:r>'
-            + '<w:r><w:fldChar w:fldCharType="separate"/></w:r><w:r><w:t>入力欄</w:t></w:r>'
-            + '<w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>',
+            (
+                "<w:p>"
+                '<w:r><w:fldChar w:fldCharType="begin"><w:ffData><w:name w:val="Text1"/>'
+                '<w:entryMacro w:val="Boom"/></w:ffData></w:fldChar></w:r>'
+                '<w:r><w:instrText xml:space="preserve"> FORMTEXT </w:instrText></w:r>'
+                '<w:r><w:fldChar w:fldCharType="separate"/></w:r><w:r><w:t>入力欄</w:t></w:r>'
+                '<w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
+            ),
         ]
     )
     return docx(body)

@@ -309,8 +309,10 @@ def append_update(base: bytes, objects: Mapping[int, bytes], size: int) -> bytes
 _BASE_OBJECTS = [
     b"<< /Type /Catalog /Pages 2 0 R >>",
     b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
-    b"/Contents 5 0 R >>",
+    (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
+        b"/Contents 5 0 R >>"
+    ),
     b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     _stream(b"BT /F1 24 Tf 72 720 Td (" + TEXT.encode() + b") Tj ET"),
 ]

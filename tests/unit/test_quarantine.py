@@ -21,14 +21,15 @@ from support.configs import make_config
 from support.mails import CITY, EXE, mail, ppap_mail, zip_of
 
 from detox.audit import AuditLog, read_records, verify
-from detox.audit_events import Detoxified
+from detox.audit.events import Detoxified
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import NotFoundError, RefusedError, SpoolError
 from detox.pipeline import Pipeline
-from detox.quarantine import HoldRef, Quarantine, parse_ref
+from detox.quarantine.admin import Quarantine
+from detox.quarantine.holds import HoldRef, parse_ref
+from detox.quarantine.store import Store
 from detox.spool import Spool, new_queue_id
-from detox.store import Store
 
 TARO = f"taro@{CITY}"
 

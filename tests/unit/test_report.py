@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from detox import audit
 from detox.audit import AuditLog, chain_files, iter_entries, verify_files
+from detox.audit import log as audit_log
 from detox.cli import audit_report as report
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -20,7 +20,7 @@ END = datetime(2026, 12, 1, tzinfo=UTC)
 def write(log: AuditLog, ts: str, event: str, queue_id: str | None = None, **fields: object) -> None:
     """An audit record stamped with a chosen time."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(audit, "now_rfc3339", lambda: ts)
+        mp.setattr(audit_log, "now_rfc3339", lambda: ts)
         log.write(event, queue_id, **fields)
 
 

@@ -31,16 +31,16 @@ from detox.smtp.server import SessionGate, start_listener
 from detox.spool import Spool
 
 RCPT = b"taro@city.example.lg.jp"
-_SMTP_KWARGS: dict[str, Any] = dict(
-    hostname="mx.example",
-    ident="detox",
-    data_size_limit=1234,
-    enable_SMTPUTF8=True,
-    decode_data=False,
-    tls_context=None,
-    require_starttls=False,
-    timeout=42.0,
-)
+_SMTP_KWARGS: dict[str, Any] = {
+    "hostname": "mx.example",
+    "ident": "detox",
+    "data_size_limit": 1234,
+    "enable_SMTPUTF8": True,
+    "decode_data": False,
+    "tls_context": None,
+    "require_starttls": False,
+    "timeout": 42.0,
+}
 
 
 @dataclass
@@ -328,10 +328,7 @@ async def test_back_pressure_when_the_backlog_is_full(ingest: Ingest) -> None:
     assert (await send(ingest.port, MESSAGE)).startswith(QUEUED)  # now the backlog is full
     assert await client.cmd(b"DATA") == reply_bytes(replies.BUSY)
     await client.cmd(b"RSET")
-    assert (
-        await client.cmd(b"MAIL FROM:<a@vendor.example.com>")
-        == reply_bytes(replies.BUSY)
-    )
+    assert await client.cmd(b"MAIL FROM:<a@vendor.example.com>") == reply_bytes(replies.BUSY)
     ingest.backlog.remove(ingest.accepted[0])  # the pipeline took one
     await client.envelope()
     assert (await client.data(MESSAGE)).startswith(QUEUED)
@@ -414,17 +411,17 @@ async def test_lean_init_makes_what_aiosmtpd_init_makes(tmp_path: Path, tls: boo
     handler = Handler(lambda: config, spool, audit, Backlog(), refusals, lambda _: None)
     gate = SessionGate(lambda: config, refusals)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if tls else None
-    kwargs: dict[str, Any] = dict(
-        hostname="mx.example",
-        ident="detox",
-        data_size_limit=1234,
-        enable_SMTPUTF8=True,
-        decode_data=False,
-        tls_context=context,
-        require_starttls=tls,
-        timeout=42.0,
-        loop=asyncio.get_running_loop(),
-    )
+    kwargs: dict[str, Any] = {
+        "hostname": "mx.example",
+        "ident": "detox",
+        "data_size_limit": 1234,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "tls_context": context,
+        "require_starttls": tls,
+        "timeout": 42.0,
+        "loop": asyncio.get_running_loop(),
+    }
     lean = server_mod.DetoxSMTP(handler, gate, **kwargs)
     lean_again = server_mod.DetoxSMTP(handler, gate, **kwargs)  # from the cached tables this time
     try:

@@ -266,8 +266,11 @@ def test_one_serve_per_spool_and_the_cli_sees_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from detox.spool import Spool;"
-            "lock = Spool(Path(sys.argv[1])).lock_for_serve(); print('locked', flush=True); time.sleep(60)",
+            (
+                "import sys, time; from pathlib import Path; from detox.spool import Spool;"
+                "lock = Spool(Path(sys.argv[1])).lock_for_serve(); print('locked', flush=True);"
+                " time.sleep(60)"
+            ),
             str(tmp_path),
         ],
         stdout=subprocess.PIPE,

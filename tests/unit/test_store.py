@@ -8,7 +8,7 @@ from pathlib import Path
 
 from detox.envelope import Envelope
 from detox.pipeline.report import MessageInfo, MessageReport, PartReport
-from detox.store import Store
+from detox.quarantine.store import Store
 
 
 def report(queue_id: str, raw: bytes) -> MessageReport:

@@ -1,4 +1,4 @@
-"""The audit trail: one JSON line per event, hash-chained across size-rotated files.
+"""The audit trail's writer: one JSON line per event, hash-chained across size-rotated files.
 
 Each record carries ``prev``, the SHA-256 of the previous line's bytes (newline included; 64 zeros
 for the very first record), so an edited, deleted, inserted or reordered line breaks the chain.
@@ -9,10 +9,9 @@ Rotation keeps one chain: when ``audit.jsonl`` reaches ``audit.rotate_bytes`` it
 
 Writers (``serve`` and the admin CLI) serialise on an ``flock`` of a separate lock file that is never
 renamed, so rotation by one process cannot race an append by another. What a record holds is
-:mod:`detox.audit_events` (one typed event per kind).
-
-Over 500 lines on purpose: writing, reading and verifying are the three sides of one on-disk format
-(the chain across rotated files), and a change to one has to be read against the other two.
+:mod:`detox.audit.events` (one typed event per kind); which files make the chain and how a line is
+hashed is :mod:`detox.audit.read`, and :mod:`detox.audit.check` verifies it: writing, reading and
+verifying are three sides of one on-disk format, so a change to one has to be read against the other two.
 """
 
 from __future__ import annotations
@@ -20,26 +19,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import os
-import re
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
-from detox.audit_events import AuditEvent, Rotated
-from detox.errors import AuditError
+from detox.audit.events import AuditEvent, Rotated
+from detox.audit.read import GENESIS, line_hash, segment_paths
 
 if TYPE_CHECKING:
     from detox.config.schema import DetoxConfig
-
-GENESIS = "0" * 64
-ROTATED = Rotated.event
 
 
 def to_rfc3339(when: datetime) -> str:
@@ -49,10 +42,6 @@ def to_rfc3339(when: datetime) -> str:
 
 def now_rfc3339() -> str:
     return to_rfc3339(datetime.now(UTC))
-
-
-def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
 
 
 def _last_line_hash(path: Path) -> str:
@@ -78,26 +67,6 @@ def _last_line_hash(path: Path) -> str:
             return line_hash(lines[-1] + b"\n")
     except FileNotFoundError:
         return GENESIS
-
-
-def segment_paths(path: Path) -> list[Path]:
-    """The rotated files of ``path`` (``audit-000001.jsonl`` ...), oldest first."""
-    pattern = re.compile(rf"{re.escape(path.stem)}-(\d+){re.escape(path.suffix)}")
-    found: list[tuple[int, Path]] = []
-    if path.parent.is_dir():
-        for candidate in path.parent.iterdir():
-            match = pattern.fullmatch(candidate.name)
-            if match:
-                found.append((int(match.group(1)), candidate))
-    return [p for _, p in sorted(found)]
-
-
-def chain_files(path: Path) -> list[Path]:
-    """Every file of the chain that ends in ``path``, oldest first."""
-    files = segment_paths(path)
-    if path.exists():
-        files.append(path)
-    return files
 
 
 @dataclass(slots=True)
@@ -335,237 +304,3 @@ def _make_record(event: AuditEvent | str, queue_id: str | None, fields: dict[str
         record["queue_id"] = queue_id
     record.update(fields)
     return record
-
-
-# -- reading ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One line of the chain: where it is, its bytes' hash and the parsed record."""
-
-    file: Path
-    line_no: int
-    digest: str
-    record: dict[str, Any]
-
-
-def iter_entries(files: Sequence[Path]) -> Iterator[Entry]:
-    """Records of the given files in order; lines that are not JSON objects are skipped."""
-    for path in files:
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield Entry(path, number, line_hash(line), record)
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record of the chain ending in ``path`` (rotated files included), oldest first."""
-    return [e.record for e in iter_entries(chain_files(path))]
-
-
-def tail(path: Path, count: int) -> list[bytes]:
-    """The last ``count`` lines of the chain (reading rotated files only when needed)."""
-    lines: list[bytes] = []
-    for file in reversed(chain_files(path)):
-        with open(file, "rb") as fh:
-            lines = fh.read().splitlines(keepends=True) + lines
-        if len(lines) >= count:
-            break
-    return lines[-count:] if count else []
-
-
-def follow(
-    path: Path,
-    emit: Callable[[bytes], None],
-    *,
-    interval: float = 0.5,
-    stop: Callable[[], bool] | None = None,
-) -> None:
-    """Emit lines appended to ``path`` from now on, following rotation (``tail -F``)."""
-    fh = None
-    inode = -1
-    skip_existing = path.exists()  # what is there now was shown already (tail); a new file is read whole
-    try:
-        while stop is None or not stop():
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                st = None
-            if st is not None and st.st_ino != inode:
-                if fh is not None:
-                    for line in fh:  # what the old file got after our last read
-                        emit(line)
-                    fh.close()
-                fh = open(path, "rb")  # noqa: SIM115 - kept open across polls
-                if skip_existing:
-                    fh.seek(0, os.SEEK_END)
-                    skip_existing = False
-                inode = os.fstat(fh.fileno()).st_ino  # the file opened, even if rotated meanwhile
-            if fh is not None:
-                pending = b""
-                for line in fh:
-                    if not line.endswith(b"\n"):  # a write in progress: read it whole next time
-                        pending = line
-                        break
-                    emit(line)
-                if pending:
-                    fh.seek(-len(pending), os.SEEK_CUR)
-            time.sleep(interval)
-    finally:
-        if fh is not None:
-            fh.close()
-
-
-# -- verification -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class VerifyResult:
-    ok: bool
-    message: str
-    files: list[Path] = field(default_factory=list)
-    records: int = 0
-    head: str = GENESIS  # hash of the last line: note it, and pass it as --anchor next time
-    last_ts: str | None = None
-
-
-def _where(position: tuple[Path, int]) -> str:
-    return f"{position[0].name} line {position[1]}"
-
-
-def _find_line(files: Sequence[Path], digest: str) -> tuple[int, Path, int] | None:
-    """(global index, file, line number) of the line whose hash is ``digest``."""
-    index = 0
-    for path in files:
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if line_hash(line) == digest:
-                    return index, path, number
-                index += 1
-    return None
-
-
-def _lines(files: Sequence[Path]) -> Iterator[tuple[Path, int, bytes]]:
-    for path in files:
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                yield path, number, line
-
-
-def _prev_of(line: bytes) -> object:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record.get("prev") if isinstance(record, dict) else None
-
-
-def _diagnose(
-    files: Sequence[Path],
-    index: int,
-    here: tuple[Path, int],
-    before: tuple[Path, int, str] | None,
-    wanted: object,
-    following: tuple[Path, int, bytes] | None,
-) -> str:
-    """Say what most likely happened at the first broken link (a second pass, only on failure)."""
-    where = _where(here)
-    if not isinstance(wanted, str) or len(wanted) != 64:
-        return f"{where}: chain broken: its prev field is missing or damaged (the line was edited)"
-    if wanted == GENESIS:
-        return f"{where}: chain broken: a new chain starts here (lines before it were replaced or spliced in)"
-    found = _find_line(files, wanted)
-    if found is not None and found[0] > index:
-        return (
-            f"{where}: chain broken: the line is out of order, it belongs right after "
-            f"{_where(found[1:])} (lines were reordered)"
-        )
-    if before is not None and following is not None and _prev_of(following[2]) == before[2]:
-        return f"{where}: chain broken: this line was inserted (the next line follows {_where(before[:2])})"
-    if found is not None:
-        _, path, number = found
-        if before is not None:
-            return (
-                f"{where}: chain broken: the line(s) after {_where((path, number))} up to "
-                f"{_where(before[:2])} were inserted (or this line was moved)"
-            )
-    if before is None:
-        return f"{where}: chain broken: the lines before it are missing (the log was cut at its start)"
-    if here[1] == 1:
-        return (
-            f"{where}: chain broken: it does not continue {before[0].name} — its last line was "
-            "edited or removed, or a rotated file between them is missing"
-        )
-    return (
-        f"{where}: chain broken: {_where(before[:2])} was edited, or lines were deleted between "
-        f"{_where(before[:2])} and {where}"
-    )
-
-
-def verify_files(files: Sequence[Path], *, anchor: str | None = None) -> VerifyResult:
-    """Check one chain made of ``files`` (oldest first); name the first broken link."""
-    started = time.monotonic()
-    result = VerifyResult(ok=False, message="", files=list(files))
-    if not files:
-        result.message = "no audit log found"
-        return result
-    prev = GENESIS
-    before: tuple[Path, int, str] | None = None
-    anchor_seen = anchor is None
-    index = 0
-    try:
-        lines = _lines(files)
-        for path, number, line in lines:
-            here = (path, number)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict) or not line.endswith(b"\n"):
-                result.message = f"{_where(here)}: not a complete JSON record (edited or damaged line)"
-                return result
-            wanted = record.get("prev")
-            if index == 0 and record.get("event") == ROTATED and wanted != GENESIS:
-                missing = record.get("previous_file", "the previous file")
-                result.message = (
-                    f"{_where(here)}: the chain continues {missing}, which is missing "
-                    "(keep rotated files next to the log to verify it)"
-                )
-                return result
-            if wanted != prev:
-                following = next(lines, None)
-                result.message = _diagnose(files, index, here, before, wanted, following)
-                return result
-            prev = line_hash(line)
-            anchor_seen = anchor_seen or prev == anchor
-            ts = record.get("ts")
-            result.last_ts = ts if isinstance(ts, str) else result.last_ts
-            before = (path, number, prev)
-            index += 1
-    except OSError as exc:
-        raise AuditError(f"cannot read the audit log: {exc}") from exc
-    result.records = index
-    result.head = prev
-    if not anchor_seen:
-        result.message = (
-            f"the record {anchor} noted earlier is no longer in the chain: "
-            "records at the end were removed, or the log was rewritten"
-        )
-        return result
-    result.ok = True
-    result.message = (
-        f"ok: {index} records in {len(files)} file(s) intact ({time.monotonic() - started:.2f}s); "
-        f"last record {result.last_ts or '-'}; head {prev}"
-    )
-    return result
-
-
-def verify(path: Path, *, anchor: str | None = None) -> tuple[bool, str]:
-    """Check the whole chain ending in ``path`` (rotated files included); (ok, message)."""
-    result = verify_files(chain_files(path), anchor=anchor)
-    return result.ok, result.message

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 if TYPE_CHECKING:
     from detox.pipeline.report import MessageReport, PartReport
 
-_ABSENT = "detox.audit_events.absent_when"
+_ABSENT = "detox.audit.events.absent_when"
 _NOTHING = object()
 
 

@@ -30,7 +30,6 @@ from detox.spool import KIND_DSN, KIND_RELEASE, DeliveryState
 from detox.text.headers import decode_header_value
 from detox.untrusted import for_log
 
-BOUNCE_PLACEHOLDERS = frozenset({"hostname", "subject", "received_at", "queue_id", "recipients"})
 MAX_RETURNED_HEADERS = 64 * 1024  # bytes of the original's header section put in a DSN
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -44,17 +43,6 @@ class FailedRecipient:
     response: str  # its reply text (without the code)
     last_attempt: float
     expired: bool  # given up because of delivery.max_age_days
-
-
-def check_bounce_text(text: str) -> str | None:
-    """A problem with a ``delivery.bounce_text`` template, or None."""
-    template = string.Template(text)
-    if not template.is_valid():
-        return "invalid placeholder (a lone $; write $$ for a dollar sign)"
-    unknown = sorted(set(template.get_identifiers()) - BOUNCE_PLACEHOLDERS)
-    if unknown:
-        return f"unknown placeholder ${unknown[0]} (known: {', '.join(sorted(BOUNCE_PLACEHOLDERS))})"
-    return None
 
 
 def enhanced_status(code: int | None, response: str, *, expired: bool) -> str:
@@ -184,6 +172,7 @@ def build_dsn(
     hostname = config.server.hostname
     subject = _header_value(original_headers, "Subject")
     message_id = _header_value(original_headers, "Message-ID")
+    # Exactly the names config.loader.BOUNCE_PLACEHOLDERS lets delivery.bounce_text use.
     human = string.Template(config.delivery.bounce_text).safe_substitute(
         hostname=hostname,
         subject=_one_line(subject) if subject else "(件名なし / no subject)",
