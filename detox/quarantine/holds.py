@@ -240,8 +240,15 @@ class Holds:
     def held_bytes(self, view: MessageView, part_id: str) -> HeldBytes:
         """The bytes of one part (or ``0``: the whole original), checked against the index."""
         raw = self.original(view)
-        if part_id == WHOLE_MESSAGE and view.part(WHOLE_MESSAGE) is None:
+        whole_record = view.part(WHOLE_MESSAGE) if part_id == WHOLE_MESSAGE else None
+        # Part 0 is the whole original: asked for as such, or held whole by sender authentication
+        # (role "message": detox.inbound), whose record must name these very bytes.
+        if part_id == WHOLE_MESSAGE and (whole_record is None or whole_record["role"] == "message"):
             sha = hashlib.sha256(raw).hexdigest()
+            if whole_record is not None and whole_record["sha256"] != sha:
+                raise StoreError(
+                    f"{view.queue_id}/0: the original is not the message held (index and file disagree)"
+                )
             return HeldBytes(WHOLE_MESSAGE, f"{view.queue_id}.eml", "message/rfc822", raw, sha)
         record = view.part(part_id)
         if record is None:

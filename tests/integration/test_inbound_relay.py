@@ -125,6 +125,14 @@ def test_forged_own_domain_is_held_not_delivered(
         [entry] = json.loads(listed.stdout)
         assert entry["id"] == queue_id and entry["authentication"]["reason"] == "spoofed-protected-domain"
         assert json.loads(proc.cli("quarantine", "list", "--json", "--auth", "dmarc=pass").stdout) == []
+        # the held original is released like any held part, as a recorded exception
+        before = len(postfix.messages())
+        released = proc.cli(
+            "quarantine", "release", f"{queue_id}/0", "--reason", "本人確認済み", "--approved-by", "山田"
+        )
+        assert released.returncode == 0, released.stderr
+        delivered = postfix.wait_for(before + 1, timeout=60)
+        assert any(str(parse(m)["Subject"]).startswith("【例外措置】") for m in delivered[before:])
     finally:
         proc.stop()
 
