@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,12 @@ class Envelope:
     client_address: str = ""
     helo: str = ""
     received_at: str = ""  # RFC 3339 UTC
+    # Sender authentication done before the 250 (detox.inbound.check.Outcome.to_json()); None when
+    # [inbound] is off, and then absent from the spooled JSON (entries written before it read as None).
+    auth: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "queue_id": self.queue_id,
             "mail_from": self.mail_from,
             "rcpt_tos": list(self.rcpt_tos),
@@ -26,6 +30,9 @@ class Envelope:
             "helo": self.helo,
             "received_at": self.received_at,
         }
+        if self.auth is not None:
+            data["auth"] = dict(self.auth)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Envelope:
@@ -36,4 +43,5 @@ class Envelope:
             client_address=str(data.get("client_address", "")),
             helo=str(data.get("helo", "")),
             received_at=str(data.get("received_at", "")),
+            auth=data["auth"] if isinstance(data.get("auth"), dict) else None,
         )

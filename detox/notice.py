@@ -29,6 +29,8 @@ def display_name(record: PartRecord) -> str:
         return WHOLE_MESSAGE_NAME  # [antivirus] held the original as a whole
     if record.filename:
         return record.filename
+    if record.role == "message":  # held whole by sender authentication ([inbound])
+        return "メール全体"
     if record.role == Role.BODY:
         return f"本文（{record.declared_type}）"
     return f"名前のない添付ファイル（{record.declared_type}）"

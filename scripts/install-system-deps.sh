@@ -35,6 +35,7 @@ PACKAGES=(
     # --- tests ---------------------------------------------------------------------------------------
     postfix          # a real LGWAN-side MTA (private instance started by the `postfix` pytest fixture)
     swaks            # manual/functional SMTP checks
+    openssl          # makes the too-short (512-bit) DKIM key of the inbound tests (cryptography won't)
     # --- build ---------------------------------------------------------------------------------------
     make
 )

@@ -161,6 +161,8 @@ class DataRefused(AuditEvent):
     rcpt_tos: tuple[str, ...]
     size: int
     error: str | None = absent_when(None)  # for limit "spool"
+    # limit "inbound.dmarc_reject" / "inbound.spoof": the sender authentication that refused it
+    authentication: Mapping[str, Any] | None = absent_when(None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,11 +199,19 @@ class Detoxified(AuditEvent):
     urls_defanged: int
     output_sha256: str
     antivirus: AntivirusReport | None = absent_when(None)  # noqa: RUF009 - frozen; what clamd found
+    # Sender authentication ([inbound]): each method's result, the decision and its reason.
+    authentication: Mapping[str, Any] | None = absent_when(None)
 
     @classmethod
     def of(cls, queue_id: str, report: MessageReport) -> Detoxified:
         msg = report.message
+        authentication = None
+        if report.envelope.auth is not None:
+            from detox.inbound.check import Outcome  # late: only with [inbound] on
+
+            authentication = Outcome.from_json(report.envelope.auth).audit_summary()
         return cls(
+            authentication=authentication,
             queue_id=queue_id,
             original_sha256=msg.sha256,
             size=msg.size,

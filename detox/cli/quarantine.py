@@ -40,6 +40,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", help="a held part's reason code contains TEXT (e.g. encrypted-archive)")
     p.add_argument("--all", action="store_true", help="every kept original, not only those with held parts")
     p.add_argument("--limit", type=int, default=0, help="at most N messages (default: all)")
+    p.add_argument(
+        "--auth",
+        action="append",
+        default=[],
+        type=_auth_filter,
+        metavar="METHOD=RESULT",
+        help="sender authentication, e.g. dmarc=fail, spf=softfail, action=hold (repeatable; all must hold)",
+    )
     p.set_defaults(func=cmd_list)
 
     p = qsub.add_parser("show", parents=[common], help="envelope, decoded headers, every part's decision")
@@ -89,6 +97,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def _auth_filter(text: str) -> tuple[str, str]:
+    from detox.quarantine.store import AUTH_KEYS
+
+    key, sep, value = text.partition("=")
+    key = key.strip().lower()
+    if not sep or key not in AUTH_KEYS or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected METHOD=RESULT with METHOD one of {', '.join(AUTH_KEYS)}")
+    return key, value.strip().lower()
+
+
 def _quarantine(args: argparse.Namespace) -> Quarantine:
     from detox.quarantine.admin import Quarantine
 
@@ -125,6 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             reason=args.reason,
             held_only=not args.all,
             limit=args.limit,
+            auth=args.auth,
         )
     finally:
         quarantine.close()

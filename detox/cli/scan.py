@@ -32,6 +32,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     scan.add_argument("--mail-from", help="envelope sender (default: from the headers)")
     scan.add_argument("--rcpt", action="append", help="envelope recipient (repeatable)")
     scan.add_argument(
+        "--client-ip",
+        help="with [inbound] on: the SMTP client to authenticate (default: from the top Received header)",
+    )
+    scan.add_argument("--helo", help="with [inbound] on: the client's HELO name (default: from that header)")
+    scan.add_argument(
         "--summary",
         action="store_true",
         help="print what the policy would do to each message (delivers nothing)",
@@ -62,7 +67,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     from detox.pipeline import Pipeline
 
-    result = Pipeline(config).run(raw, scan_envelope(raw, args.mail_from, args.rcpt or ()))
+    envelope = scan_envelope(raw, args.mail_from, args.rcpt or ())
+    if config.inbound.enabled:
+        from detox.inbound.offline import authenticate_offline
+
+        envelope, outcome = authenticate_offline(config, raw, envelope, args.client_ip, args.helo)
+        if outcome.decision.action == "reject":
+            print(
+                f"detox scan: the relay would refuse this message (550 {config.inbound.reject_message});"
+                " shown as held",
+                file=sys.stderr,
+            )
+    result = Pipeline(config).run(raw, envelope)
     # The relay writes Maildir files with LF line endings; scan prints the same form.
     output = result.output.replace(b"\r\n", b"\n")
     if args.output and args.output != "-":

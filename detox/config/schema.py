@@ -287,6 +287,18 @@ class NoticeConfig(Strict):
             "legacy-office": "旧形式の Office 文書・RTF はこのサーバーでは変換できない設定になっているため",
             "virus": "ウイルス（$signature）が検出されたため",
             "antivirus-unavailable": "ウイルス検査ができなかったため",
+            # [inbound]: the whole message held by sender authentication (part 0)
+            "dmarc-quarantine": (
+                "差出人のドメインが DMARC で隔離（quarantine）を求めていて、送信元の認証に失敗したため"
+            ),
+            "dmarc-reject": (
+                "差出人のドメインが DMARC で拒否（reject）を求めていて、送信元の認証に失敗したため"
+            ),
+            "spoofed-protected-domain": (
+                "当庁または関係団体のドメインを名乗っていますが、送信元として認証されなかったため"
+                "（なりすましの疑い）"
+            ),
+            "from-invalid": "差出人（From）の形式が正しくないため",
         }
     )
 
@@ -478,6 +490,115 @@ class AntivirusConfig(Strict):
     @property
     def enabled(self) -> bool:
         return bool(self.clamd)
+# ---- [inbound]: sender authentication (issue 13; detox.inbound) ----------------------------------
+
+
+def _domains(v: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(d.strip().lower().rstrip(".") for d in v if d.strip())
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address → (ip, port). ValueError if not."""
+    import ipaddress
+
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 53
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    else:
+        host, port = text, 53
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return host, port
+
+
+class InboundConfig(Strict):
+    """SPF, DKIM, DMARC, ARC before the 250, and what is done with the result (see detox.inbound)."""
+
+    enabled: bool = False
+    # DNS: "IP" or "IP:PORT" ("[v6]:PORT"); empty = the system resolver (/etc/resolv.conf).
+    nameservers: tuple[str, ...] = ()
+    dns_timeout_s: PositiveFloat = 2.0  # one query
+    timeout_s: PositiveFloat = 10.0  # all of one message's authentication; past it → temperror
+    dns_cache_size: PositiveInt = 10_000
+    max_dns_lookups: PositiveInt = 60  # per message (SPF's own limit is 10 terms + 2 void)
+    authserv_id: str = ""  # our id in Authentication-Results; "" = server.hostname
+    # Partner domains (the prefecture, neighbouring 自治体); server.accepted_domains are always protected.
+    protected_domains: tuple[str, ...] = ()
+    trusted_relays: tuple[str, ...] = ()  # CIDRs of upstream relays (judge the first untrusted hop)
+    trusted_authserv_ids: tuple[str, ...] = ()  # take a trusted relay's Authentication-Results
+    trusted_arc_sealers: tuple[str, ...] = ()  # their valid ARC chain with dmarc=pass overrides a fail
+    dmarc_reject: Literal["reject", "hold", "mark"] = "reject"  # DMARC fail with p=reject
+    dmarc_quarantine: Literal["hold", "mark"] = "hold"  # DMARC fail with p=quarantine
+    spoof: Literal["hold", "reject", "mark"] = "hold"  # protected From not aligned-authenticated
+    lookalike: Literal["warn", "off"] = "warn"
+    lookalike_distance: int = Field(default=2, ge=0, le=3)
+    reject_message: str = "5.7.1 Message rejected: sender authentication failed (DMARC)"
+    held_subject_prefix: str = "【隔離】"  # the Subject of the notice sent in place of a held message
+    # Notice lines (the [notice] templates get them at $sender_section, or after the first line).
+    notice_verified: str = "・差出人のドメイン $domain は送信元の認証（DMARC/DKIM/SPF）に成功しています。"
+    notice_unverified: str = (
+        "・【注意】送信元を確認できませんでした（差出人: $address、$results）。"
+        "差出人を装ったメールの可能性があります。"
+    )
+    notice_lookalike: str = (
+        "・【なりすましの疑い】$what 振込・支払・パスワード・添付の開封などの依頼は、"
+        "メール以外の方法（電話など）で相手に確認してください。"
+    )
+    notice_policy: str = "・【注意】$what このメールは設定により隔離されずに届けられています。"
+    texts: dict[str, str] = Field(
+        default_factory=lambda: {
+            "edit-distance": "差出人のドメイン $domain は $protected によく似た別のドメインです。",
+            "homograph": (
+                "差出人のドメイン $domain（$unicode）は $protected に"
+                "見た目の似た文字を使った別のドメインです。"
+            ),
+            "display-name": "差出人の表示名に $address が含まれていますが、実際の差出人は $from です。",
+            "reply-to": "返信先（Reply-To）が差出人 $from と別のドメイン $reply_domain になっています。",
+            "dmarc-reject": "差出人のドメイン $domain の DMARC ポリシー（reject）に反するメールです。",
+            "dmarc-quarantine": (
+                "差出人のドメイン $domain の DMARC ポリシー（quarantine）に反するメールです。"
+            ),
+            "spoofed-protected-domain": (
+                "差出人が $domain を名乗っていますが、その送信元として認証されていません。"
+            ),
+            "from-invalid": "差出人（From）の形式が正しくありません（$problem）。",
+        }
+    )
+
+    @field_validator("protected_domains", "trusted_authserv_ids", "trusted_arc_sealers")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _domains(v)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                parse_nameserver(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not IP or IP:PORT ({exc})") from exc
+        return v
+
+    @field_validator("trusted_relays")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR ({exc})") from exc
+        return v
+
+
+# ---- end of [inbound] ----------------------------------------------------------------------------
 
 
 class DetoxConfig(Strict):
@@ -496,6 +617,7 @@ class DetoxConfig(Strict):
     quarantine: QuarantineConfig = QuarantineConfig()
     audit: AuditConfig = AuditConfig()
     antivirus: AntivirusConfig = AntivirusConfig()
+    inbound: InboundConfig = InboundConfig()
 
     # Set by the loader: where relative paths are resolved from (the working directory).
     base_dir: str = "."

@@ -366,10 +366,21 @@ def compose_message(
     attachments: Sequence[Attachment | Forwarded],
     actions: str,
     config: DetoxConfig,
+    *,
+    auth_results: str | None = None,
+    subject_prefix: str = "",
 ) -> EmailMessage:
     out = EmailMessage(policy=_COMPOSE_POLICY)
     _put(out, "Received", _received(envelope, config.server.hostname))
+    if auth_results is not None:
+        # Ours alone: the original's Authentication-Results and ARC-* fields are never copied
+        # (KEPT_HEADERS), so none carrying our authserv-id can reach LGWAN.
+        _put(out, "Authentication-Results", auth_results)
     _copy_headers(original, out)
+    if subject_prefix:
+        subject = str(out.get("Subject", "") or "")
+        del out["Subject"]
+        set_header(out, "Subject", subject_prefix + subject)
     if "Date" not in out:
         _put(out, "Date", email.utils.format_datetime(email.utils.localtime()))
     if "From" not in out and envelope.mail_from:

@@ -206,11 +206,18 @@ class MessageReport:
     def __reduce__(self) -> tuple[Any, ...]:
         return MessageReport, _values(self)
 
+    @property
+    def authentication(self) -> Mapping[str, Any] | None:
+        """Sender authentication (detox.inbound) as decided before the 250; None when [inbound] is off."""
+        return self.envelope.auth
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        envelope = self.envelope.as_dict()
+        auth = envelope.pop("auth", None)
+        data: dict[str, Any] = {
             "queue_id": self.queue_id,
             "message": self.message.as_dict(),
-            "envelope": self.envelope.as_dict(),
+            "envelope": envelope,
             "parts": [p.as_dict() for p in self.parts],
             "urls_defanged": self.urls_defanged,
             "actions": self.actions,
@@ -218,6 +225,9 @@ class MessageReport:
             "output_size": self.output_size,
             **({"antivirus": self.antivirus.as_dict()} if self.antivirus is not None else {}),
         }
+        if auth is not None:
+            data["authentication"] = auth
+        return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The report as ``detox scan --report`` writes it (without the final newline)."""

@@ -10,6 +10,7 @@ the result. Nothing reaches the output except text the filters produced and outp
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.message import Message
@@ -21,6 +22,7 @@ from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SandboxError
 from detox.filters.base import Filter, FilterContext
+from detox.inbound.view import InboundView, inbound_view, whole_message_record
 from detox.notice import render_notice
 from detox.pipeline.compose import compose_message, serialize
 from detox.pipeline.deadline import deadline
@@ -84,6 +86,9 @@ class Pipeline:
             scan = MessageScan(self.config.antivirus, self.clamd, envelope.queue_id)
             scan.original(raw)
         msg = parse_message(raw)
+        auth = inbound_view(self.config, envelope)
+        if auth is not None and auth.held:
+            return self._held_whole(msg, raw, envelope, auth, scan)
         sender_domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
         ctx = FilterContext(
             queue_id=envelope.queue_id,
@@ -120,7 +125,10 @@ class Pipeline:
             notice = render_notice(
                 self.config.notice,
                 queue_id=envelope.queue_id,
-                conversions=conversion_lines(self.config, collected.notes, defanged),
+                conversions=[
+                    *(auth.notice_lines if auth is not None else ()),
+                    *conversion_lines(self.config, collected.notes, defanged),
+                ],
                 held=held,
                 delivered=delivered_attachments(records),
             )
@@ -132,6 +140,7 @@ class Pipeline:
             collected.attachments,
             actions,
             self.config,
+            auth_results=auth.header if auth is not None else None,
         )
         output = serialize(out)
         report = MessageReport(
@@ -147,6 +156,49 @@ class Pipeline:
         )
         return DetoxResult(output, report, records, actions)
 
+    def _held_whole(
+        self, msg: Message, raw: bytes, envelope: Envelope, auth: InboundView, scan: MessageScan | None
+    ) -> DetoxResult:
+        """Sender authentication decided to hold the whole message (detox.inbound.decide): nothing
+        of its content is opened or delivered; the recipients get the notice saying so (with the
+        original's From, To and Subject), and the original waits in the quarantine (QUEUE_ID/0).
+
+        When clamd found a signature in the original, the held record names it, so the release
+        rule for viruses (--force and a second admin) applies to this hold too."""
+        record = whole_message_record(raw, auth.reason)
+        if scan is not None and scan.message_signature is not None:
+            record.virus = scan.message_signature
+        records = (record,)
+        actions = actions_summary(Counter(), 0, records)
+        if self.config.notice.enabled:
+            text = render_notice(
+                self.config.notice, queue_id=envelope.queue_id, conversions=auth.notice_lines, held=[record]
+            )
+        else:
+            text = "\n".join(auth.notice_lines) + "\n"
+        out = compose_message(
+            msg,
+            envelope,
+            text,
+            (),
+            actions,
+            self.config,
+            auth_results=auth.header,
+            subject_prefix=auth.prefix,
+        )
+        output = serialize(out)
+        report = MessageReport(
+            queue_id=envelope.queue_id,
+            message=MessageInfo.of(msg, raw),
+            envelope=envelope,
+            parts=(PartReport.of(record),),
+            urls_defanged=0,
+            actions=actions,
+            output_sha256=sha256(output),
+            output_size=len(output),
+            antivirus=scan.report() if scan is not None else None,
+        )
+        return DetoxResult(output, report, records, actions)
 
 def _whole_message_record(msg: Message, raw: bytes, reason: str, scan: MessageScan) -> PartRecord:
     """The original as one held part, ``0`` (the quarantine's name for the whole message)."""

@@ -128,6 +128,15 @@ VIRUS: Final = _reason("virus", "clamd found a signature in the part (or the ori
 ANTIVIRUS_UNAVAILABLE: Final = _reason(
     "antivirus-unavailable", "clamd could not scan the message (antivirus.on_error = hold)"
 )
+# The whole message held by sender authentication (detox.inbound.decide; part "0").
+DMARC_QUARANTINE: Final = _reason(
+    "dmarc-quarantine", "DMARC fail with p=quarantine (inbound.dmarc_quarantine)"
+)
+DMARC_REJECT: Final = _reason("dmarc-reject", "DMARC fail with p=reject, held (inbound.dmarc_reject)")
+SPOOFED_PROTECTED_DOMAIN: Final = _reason(
+    "spoofed-protected-domain", "a From of our own or a protected domain, not authenticated (inbound.spoof)"
+)
+FROM_INVALID: Final = _reason("from-invalid", "no From, several From, or one without a domain")
 # Drops that are never listed in the notice (no notice.reasons text needed).
 ALTERNATIVE_UNUSED: Final = _reason(
     "alternative-unused", "the alternative of a multipart/alternative not chosen", in_notice=False

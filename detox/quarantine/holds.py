@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -114,6 +115,7 @@ class MessageView:
             "message_id": row["message_id"],
             "client_address": row["client_address"],
             "helo": row["helo"],
+            **({"authentication": json.loads(row["auth"])} if row["auth"] else {}),
             "size": row["size"],
             "sha256": row["sha256"],
             "actions": row["actions"],
@@ -196,9 +198,16 @@ class Holds:
         reason: str | None = None,
         held_only: bool = True,
         limit: int = 0,
+        auth: Sequence[tuple[str, str]] = (),
     ) -> list[MessageView]:
         rows = self.store.find_messages(
-            since=since, sender=sender, recipient=recipient, reason=reason, held_only=held_only, limit=limit
+            since=since,
+            sender=sender,
+            recipient=recipient,
+            reason=reason,
+            held_only=held_only,
+            limit=limit,
+            auth=auth,
         )
         return [MessageView(row, list(self.store.parts(row["queue_id"]))) for row in rows]
 
@@ -232,8 +241,15 @@ class Holds:
     def held_bytes(self, view: MessageView, part_id: str) -> HeldBytes:
         """The bytes of one part (or ``0``: the whole original), checked against the index."""
         raw = self.original(view)
-        if part_id == WHOLE_MESSAGE and view.part(WHOLE_MESSAGE) is None:
+        whole_record = view.part(WHOLE_MESSAGE) if part_id == WHOLE_MESSAGE else None
+        # Part 0 is the whole original: asked for as such, or held whole by sender authentication
+        # (role "message": detox.inbound), whose record must name these very bytes.
+        if part_id == WHOLE_MESSAGE and (whole_record is None or whole_record["role"] == "message"):
             sha = hashlib.sha256(raw).hexdigest()
+            if whole_record is not None and whole_record["sha256"] != sha:
+                raise StoreError(
+                    f"{view.queue_id}/0: the original is not the message held (index and file disagree)"
+                )
             return HeldBytes(WHOLE_MESSAGE, f"{view.queue_id}.eml", "message/rfc822", raw, sha)
         record = view.part(part_id)
         if record is None:

@@ -80,13 +80,26 @@ CREATE TABLE IF NOT EXISTS releases (
 """
 # Columns added after the first release, with their type (ALTER TABLE ... ADD COLUMN on open).
 _ADDED_COLUMNS = {
-    "messages": {"client_address": "TEXT", "helo": "TEXT"},
+    # auth: the sender authentication summary (JSON: spf, dkim, dmarc, arc, action, reason), [inbound] on.
+    "messages": {"client_address": "TEXT", "helo": "TEXT", "auth": "TEXT"},
     "parts": {"virus": "TEXT"},  # [antivirus]: the signature clamd named (reason "virus")
 }
 _INSERT_MESSAGE = (
     "INSERT INTO messages (queue_id, received_at, mail_from, rcpt_tos, header_from, subject, message_id, "
-    "sha256, size, actions, expires_at, client_address, helo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "sha256, size, actions, expires_at, client_address, helo, auth) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+# What ``find_messages(auth=...)`` may filter on (keys of the summary).
+AUTH_KEYS = ("spf", "dkim", "dmarc", "arc", "action", "reason")
+
+
+def _auth_summary(auth: Any) -> str | None:
+    if not auth:
+        return None
+    summary = dict(auth.get("summary") or {})
+    decision = auth.get("decision") or {}
+    summary["action"] = decision.get("action", "")
+    summary["reason"] = decision.get("reason", "")
+    return json.dumps(summary, ensure_ascii=False)
 
 
 def _like(text: str) -> str:
@@ -197,6 +210,7 @@ class Store:
                     expires,
                     env.client_address,
                     env.helo,
+                    _auth_summary(env.auth),
                 ),
             )
             db.executemany(
@@ -278,10 +292,17 @@ class Store:
         reason: str | None = None,
         held_only: bool = True,
         limit: int = 0,
+        auth: Sequence[tuple[str, str]] = (),
     ) -> list[sqlite3.Row]:
-        """Messages, newest first. ``since`` is RFC 3339 UTC; the text filters match substrings."""
+        """Messages, newest first. ``since`` is RFC 3339 UTC; the text filters match substrings;
+        ``auth``: (key of AUTH_KEYS, exact value) pairs, all of which must hold."""
         where: list[str] = []
         args: list[Any] = []
+        for key, value in auth:
+            if key not in AUTH_KEYS:
+                raise ValueError(f"unknown authentication key {key!r} (one of {', '.join(AUTH_KEYS)})")
+            where.append("json_extract(m.auth, ?) = ?")
+            args += [f"$.{key}", value.lower()]
         if since:
             where.append("m.received_at >= ?")
             args.append(since)

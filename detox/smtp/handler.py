@@ -8,11 +8,12 @@ The DATA phase itself (streaming to the spool, line and header limits) is in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from detox.audit import AuditLog, now_rfc3339
@@ -20,8 +21,10 @@ from detox.audit.events import DataRefused, Received, SessionRefused
 from detox.config.schema import DetoxConfig
 from detox.envelope import Envelope
 from detox.errors import SpoolError
+from detox.inbound.check import Authenticator, Outcome, failed_outcome
 from detox.smtp import replies
 from detox.spool import IncomingWriter, Spool, is_disk_full, new_queue_id
+from detox.spool.incoming import AUTH_RESERVE
 from detox.untrusted import for_log
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,16 @@ class Handler:
         self.refusals = refusals
         self.on_accepted = on_accepted
         self.draining = False  # SIGTERM: no new transactions
+        # Sender authentication ([inbound]): one Authenticator (its DNS cache) per config it was made for.
+        self._auth: tuple[object, Authenticator] | None = None
+
+    def authenticator(self, config: DetoxConfig) -> Authenticator | None:
+        if not config.inbound.enabled:
+            return None
+        key = (config.inbound, config.server.accepted_domains)
+        if self._auth is None or self._auth[0] != key:
+            self._auth = (key, Authenticator(config.inbound, accepted_domains=config.server.accepted_domains))
+        return self._auth[1]
 
     def _client(self, session: Any) -> str:
         return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
@@ -186,7 +199,8 @@ class Handler:
             helo=session.host_name or "",
             received_at=now_rfc3339(),
         )
-        return self.spool.open_incoming(env)
+        reserve = AUTH_RESERVE if self.get_config().inbound.enabled else 0
+        return self.spool.open_incoming(env, reserve=reserve)
 
     async def finish(self, writer: IncomingWriter, limit: tuple[str, str] | None, bare_lf: int) -> str:
         """End of DATA: commit the message (or refuse it) and return the reply."""
@@ -197,6 +211,11 @@ class Handler:
             log.info("%s refused from %s: %s", env.queue_id, env.client_address, reply)
             await asyncio.to_thread(self._audit_refused, env, key, reply, writer.size)
             return reply
+        authenticator = self.authenticator(self.get_config())
+        if authenticator is not None:
+            refusal = await self._authenticate(authenticator, writer)
+            if refusal is not None:
+                return refusal
         try:
             await asyncio.to_thread(self._commit, writer, bare_lf)
         except SpoolError as exc:
@@ -208,6 +227,38 @@ class Handler:
         self.backlog.add(env.queue_id, writer.size)
         self.on_accepted(env.queue_id)
         return replies.QUEUED.format(queue_id=env.queue_id)
+
+    async def _authenticate(self, authenticator: Authenticator, writer: IncomingWriter) -> str | None:
+        """SPF, DKIM, DMARC, ARC on the message as received, before the 250 (detox.inbound). The
+        reply refusing it (550 5.7.1, nothing kept), or None with the result in the envelope."""
+        env = writer.envelope
+        try:
+            message = await asyncio.to_thread(writer.message_bytes)
+        except SpoolError:
+            return None  # the commit reports the write failure
+        try:
+            outcome = await authenticator.authenticate(
+                message, client_ip=env.client_address, helo=env.helo, mail_from=env.mail_from
+            )
+        except Exception as exc:  # a bug of ours: results temperror, decided as such (never a pass)
+            log.exception("%s: sender authentication failed", env.queue_id)
+            outcome = failed_outcome(authenticator, message, env, f"{type(exc).__name__}")
+        if outcome.decision.action == "reject":
+            writer.abort()
+            reply = f"550 {authenticator.config.reject_message}"
+            log.info(
+                "%s refused from %s: %s", env.queue_id, env.client_address, for_log(outcome.decision.detail)
+            )
+            limit = (
+                "inbound.spoof"
+                if outcome.decision.reason == "spoofed-protected-domain"
+                else "inbound.dmarc_reject"
+            )
+            await asyncio.to_thread(self._audit_refused, env, limit, reply, len(message), None, outcome)
+            return reply
+        with contextlib.suppress(SpoolError):  # the commit reports it
+            await asyncio.to_thread(writer.set_envelope, replace(env, auth=outcome.to_json()))
+        return None
 
     def _commit(self, writer: IncomingWriter, bare_lf: int) -> None:
         """Blocking: the message durably in the spool (raises SpoolError), then its audit record."""
@@ -231,7 +282,13 @@ class Handler:
             log.exception("audit write failed for %s", env.queue_id)
 
     def _audit_refused(
-        self, env: Envelope, limit: str, reply: str, size: int, error: str | None = None
+        self,
+        env: Envelope,
+        limit: str,
+        reply: str,
+        size: int,
+        error: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         try:
             self.audit.write(
@@ -244,6 +301,7 @@ class Handler:
                     rcpt_tos=env.rcpt_tos,
                     size=size,
                     error=error or None,
+                    authentication=outcome.audit_summary() if outcome is not None else None,
                 )
             )
         except OSError:

@@ -34,9 +34,18 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def entry_header(envelope: Envelope) -> bytes:
-    """What precedes the raw message in ``incoming/ID.msg``."""
-    return MAGIC + json.dumps(envelope.as_dict(), ensure_ascii=False).encode("utf-8") + b"\n"
+# With sender authentication on, the envelope line is written padded to this many bytes when the
+# message starts streaming to disk, and rewritten in place (with the result) before the commit.
+AUTH_RESERVE = 16 * 1024
+
+
+def entry_header(envelope: Envelope, pad_to: int = 0) -> bytes:
+    """What precedes the raw message in ``incoming/ID.msg``. ``pad_to``: the JSON line padded with
+    spaces to that length (JSON ignores them), so that it can be rewritten in place later."""
+    line = json.dumps(envelope.as_dict(), ensure_ascii=False).encode("utf-8")
+    if pad_to and len(line) < pad_to:
+        line += b" " * (pad_to - len(line))
+    return MAGIC + line + b"\n"
 
 
 def read_envelope(fh: IO[bytes], name: str, limit: int = -1) -> Envelope:
@@ -57,9 +66,12 @@ class IncomingWriter:
     must still be read to the end of DATA before it can be answered) and ``commit`` raises.
     """
 
-    def __init__(self, spool: SpoolDir, envelope: Envelope) -> None:
+    def __init__(self, spool: SpoolDir, envelope: Envelope, *, reserve: int = 0) -> None:
         self.spool = spool
         self.envelope = envelope
+        # >0: room kept in the envelope line for set_envelope (the sender authentication result)
+        self.reserve = reserve
+        self._header_len = 0
         self.target = spool.incoming / f"{envelope.queue_id}.msg"
         self.tmp = spool.tmp / f"{self.target.name}.{secrets.token_hex(4)}"
         self.size = 0
@@ -96,11 +108,50 @@ class IncomingWriter:
             try:
                 if self._fh is None:
                     self._fh = open(self.tmp, "xb")  # noqa: SIM115 - open across calls, closed in commit/abort
-                    self._fh.write(entry_header(self.envelope))
+                    header = entry_header(self.envelope, self.reserve)
+                    self._header_len = len(header)
+                    self._fh.write(header)
                 self._fh.write(self._buffer)
             except OSError as exc:
                 self._failed(exc)
         self._buffer.clear()
+
+    def message_bytes(self) -> bytes:
+        """Blocking: the message as received so far (what was streamed to disk and the buffer)."""
+        with self._io:
+            if self.error is not None:
+                raise self.error
+            if self._fh is None:
+                return bytes(self._buffer)
+            self._fh.flush()
+            with open(self.tmp, "rb") as fh:
+                fh.seek(self._header_len)
+                return fh.read() + bytes(self._buffer)
+
+    def set_envelope(self, envelope: Envelope) -> None:
+        """Blocking: replace the envelope (before the commit), in place when already on disk.
+
+        An envelope line that no longer fits the room reserved for it loses its ``auth`` details
+        (the decision and the summary are kept); SpoolError if even that does not fit."""
+        with self._io:
+            self.envelope = envelope
+            if self._fh is None or self.error is not None:
+                self.reserve = 0  # not on disk yet: the commit writes the final line, no room needed
+                return
+            header = entry_header(envelope, self._header_len - len(MAGIC) - 1)
+            if len(header) != self._header_len and envelope.auth is not None:
+                compact = {"decision": envelope.auth.get("decision"), "summary": envelope.auth.get("summary")}
+                envelope = Envelope.from_dict({**envelope.as_dict(), "auth": compact})
+                self.envelope = envelope
+                header = entry_header(envelope, self._header_len - len(MAGIC) - 1)
+            if len(header) != self._header_len:
+                raise SpoolError(f"{self.target.name}: the envelope no longer fits its line")
+            try:
+                self._fh.flush()
+                os.pwrite(self._fh.fileno(), header, 0)
+            except OSError as exc:
+                self._failed(exc)
+                raise self.error from exc  # type: ignore[misc]
 
     def commit(self) -> None:
         """The accept commit point: the message durable and visible in ``incoming/``, or SpoolError

@@ -61,9 +61,9 @@ class Spool(ControlRequests):
         (the caller answers 4xx) and nothing is left."""
         self.write_atomic(self.incoming / f"{envelope.queue_id}.msg", [entry_header(envelope), raw])
 
-    def open_incoming(self, envelope: Envelope) -> IncomingWriter:
+    def open_incoming(self, envelope: Envelope, *, reserve: int = 0) -> IncomingWriter:
         """Start receiving a message (see IncomingWriter); nothing touches the disk yet."""
-        return IncomingWriter(self, envelope)
+        return IncomingWriter(self, envelope, reserve=reserve)
 
     def read_incoming(self, queue_id: str) -> tuple[Envelope, bytes]:
         """SpoolCorrupt for a damaged entry; SpoolError for an I/O problem that may pass."""

@@ -427,9 +427,16 @@ VALUES = {e.event for e in EVENTS} | {
     "expired",
     "disabled",
 }
+# The sender authentication summary (detox.inbound.check.Outcome.audit_summary) and its values.
+AUTHENTICATION = {
+    "spf", "dkim", "dmarc", "arc", "from_domain", "policy", "client_ip", "source", "action", "reason",
+    "detail", "verified_domain", "warnings",
+}  # fmt: skip
+VALUES |= {"accept", "mark", "hold", "smtp", "received", "relay-ar"}
 NESTED = {
-    # [antivirus]: the detoxified record's `antivirus` object
-    "detoxified": {f.name for f in dataclasses.fields(AntivirusReport)},
+    # [antivirus]: the detoxified record's `antivirus` object; [inbound]: its `authentication`
+    "detoxified": {f.name for f in dataclasses.fields(AntivirusReport)} | AUTHENTICATION,
+    "refused": AUTHENTICATION,
     "released": {f.name for f in dataclasses.fields(ReleasedPart)},
     "delivered": {f.name for f in dataclasses.fields(RecipientReply)},
     "deferred": {f.name for f in dataclasses.fields(RecipientReply)},
@@ -502,7 +509,7 @@ def test_readme_part_and_report_fields_match_the_report(audit_section: str) -> N
     env = Envelope(Q, "", ())
     info = MessageInfo(None, None, None, None, 0, "", ())
     report = MessageReport(Q, info, env, (), 0, "", "", 0, AntivirusReport(0, 0, (), None))
-    assert named == set(report.as_dict())
+    assert named == set(report.as_dict()) | {"authentication"}  # present with [inbound] on
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`message`"])) >= set(info.as_dict())
     assert set(re.findall(r"`([a-z_0-9]+)`", rows["`envelope`"])) >= set(env.as_dict())
 
