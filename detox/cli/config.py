@@ -55,9 +55,45 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         code = ExitCode.INTERNAL
     else:
         print(f"sandbox ({config.sandbox.provider}): OK (converters run, no network inside)")
+    _check_inbound(config)
     if not _check_antivirus(config):
         code = ExitCode.INTERNAL
     return code
+
+
+def _check_inbound(config: DetoxConfig) -> None:
+    """What sender authentication will do, and whether its resolver answers: a resolver that does not
+    makes every result temperror (mail is still delivered, marked), so it warns and never fails."""
+    inbound = config.inbound
+    if not inbound.enabled:
+        print("inbound: off (inbound.enabled is false: no sender authentication)")
+        return
+    import asyncio
+
+    from detox.inbound.dns import DnsDataError, DnsTempError, Resolver
+
+    servers = ", ".join(inbound.nameservers) or "the system resolver (/etc/resolv.conf)"
+    protected = sorted({*config.server.accepted_domains, *inbound.protected_domains})
+    print(
+        f"inbound: on (authserv-id {inbound.authserv_id or config.server.hostname}; DNS: {servers}; "
+        f"protected: {', '.join(protected) or '-'}; dmarc_reject={inbound.dmarc_reject}, "
+        f"spoof={inbound.spoof}, trusted relays: {len(inbound.trusted_relays)})"
+    )
+    # Our own domain's DMARC record: a name that exists for every city, asked the way serve asks.
+    name = f"_dmarc.{protected[0]}" if protected else "_dmarc.example.jp"
+    resolver = Resolver(inbound.nameservers, timeout_s=inbound.dns_timeout_s, cache_size=16)
+    try:
+        asyncio.run(resolver.lookup(name, "TXT"))
+    except DnsTempError as exc:
+        print(
+            f"inbound (DNS): WARNING: no answer for {name} TXT ({exc}): every authentication result "
+            "would be temperror (mail delivered and marked, nothing rejected)",
+            file=sys.stderr,
+        )
+    except DnsDataError:
+        print(f"inbound (DNS): OK (the resolver answers; {name} TXT is malformed)")
+    else:
+        print(f"inbound (DNS): OK (the resolver answers: {name} TXT)")
 
 
 def _check_antivirus(config: DetoxConfig) -> bool:
