@@ -52,6 +52,8 @@ HOST = "127.0.0.1"
 MAIL_FROM = "a@src.test"
 RCPT_TO = "b@city.example.lg.jp"
 RCPT_DOMAIN = "city.example.lg.jp"
+SENDER_DOMAIN = MAIL_FROM.rpartition("@")[2]  # MAIL FROM and From of both loads (--also-trust's zone)
+DKIM_SELECTOR = "bench"  # --also-trust: the jp-html mails are signed d=src.test s=bench
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -251,6 +253,16 @@ def jp_client_main(args: argparse.Namespace) -> int:
     bodies = [
         templates[i % 2].replace(b"@@SEQ@@", f"{args.seq_base + i:06d}".encode()) for i in range(args.n)
     ]
+    sign_cpu = 0.0
+    if args.dkim_key:  # --also-trust: DKIM-sign every mail here, before the timed window
+        import dkim
+
+        key = Path(args.dkim_key).read_bytes()
+        t0 = time.process_time()
+        bodies = [
+            dkim.sign(body, DKIM_SELECTOR.encode(), SENDER_DOMAIN.encode(), key) + body for body in bodies
+        ]
+        sign_cpu = time.process_time() - t0
 
     async def run() -> dict[str, Any]:
         todo = iter(range(args.n))
@@ -287,8 +299,9 @@ def jp_client_main(args: argparse.Namespace) -> int:
             "errors": errors,
             "start": start,
             "end": end,
-            "client_cpu_s": cpu.user + cpu.system,
-            "sizes": [len(t) for t in templates],
+            "client_cpu_s": cpu.user + cpu.system - sign_cpu,  # signing is not load generation
+            "sign_cpu_s": sign_cpu,
+            "sizes": [len(b) for b in bodies[:2]] or [len(t) for t in templates],  # as sent (signed)
         }
 
     print(json.dumps(uvloop.run(run())), flush=True)
@@ -338,6 +351,12 @@ def tree_cpu_seconds(root: int, main: int | None = None) -> tuple[float, float]:
             if pid == main:
                 own = int(f[11]) + int(f[12])
     return ticks / CLK_TCK, own / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime+stime of one process (all its threads), or None when it is gone."""
+    f = _stat(pid)
+    return (int(f[11]) + int(f[12])) / CLK_TCK if f is not None else None
 
 
 def tree_memory(root: int) -> tuple[float, float]:
@@ -438,6 +457,9 @@ class Server:
     spool: Path | None = None  # detox: <state_dir>/spool
     maildir: Path | None = None  # Postfix: where it delivers (new/ is counted)
     postfix: Any = None  # Postfix: the tests' PostfixInstance (started and stopped by its own commands)
+    # Processes outside the server's tree that work for it (detox-trust: clamd, the DNS server): their
+    # CPU over each run is recorded beside the tree's.
+    aux: dict[str, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -526,6 +548,10 @@ class Run:
     client_errors: str = ""
     client_cpu_s: float | None = None
     audit: dict[str, int] = field(default_factory=dict)
+    aux_cpu_s: dict[str, float] = field(default_factory=dict)  # Server.aux over the same window
+    # detox's "detoxified" records: authentication results ("spf=pass dkim=pass dmarc=pass accept") and
+    # "antivirus streams" (INSTREAM scans), counted when [inbound] / [antivirus] are on
+    checks: dict[str, int] = field(default_factory=dict)
 
     @property
     def counted(self) -> int:
@@ -555,6 +581,11 @@ class Bench:
         self.seq = 0
         self.audit_offset: dict[str, int] = {}
         self.jp_sizes: list[int] = []
+        # --also-trust: the DNS server and clamd (tests/support), stopped by PID in stop_aux()
+        self.aux = contextlib.ExitStack()
+        self.dns: Any = None
+        self.clamd: Any = None
+        self.dkim_key: Path | None = None  # the jp client signs with it when set
 
     # -- servers --------------------------------------------------------------------------------
 
@@ -606,7 +637,64 @@ class Bench:
         self.servers["relay"] = Server("relay", proc, log, port)
         self.sampler.watch("relay", proc.pid)
 
-    def start_detox(self, name: str, sink_port: int, *, fsync: bool) -> None:
+    def start_trust(self) -> str:
+        """--also-trust: a DNS server on loopback (tests/support/dns_server.py, dnslib) holding the load
+        senders' zone (SPF passing 127.0.0.1, DMARC p=reject, the DKIM key the jp client signs with) and a
+        private clamd (tests/support/clamd.py: the tests' signature database). Returns detox-trust's
+        [inbound] and [antivirus] config. Each is registered for stop_aux() before it starts."""
+        sys.path.insert(0, str(REPO / "tests"))
+        from support.clamd import ClamdInstance, find_clamd
+        from support.dkimkeys import rsa_key
+        from support.dns_server import DnsServer
+
+        if find_clamd() is None:
+            raise RuntimeError("--also-trust needs clamd (clamav-daemon; scripts/install-system-deps.sh)")
+        key = rsa_key(2048)
+        self.dkim_key = self.workdir / "dkim-bench.pem"
+        self.dkim_key.write_bytes(key.private)
+        dns_dir = self.workdir / "dns"
+        dns_dir.mkdir()
+        self.dns = DnsServer(dns_dir)
+        self.aux.callback(self.dns.stop)
+        self.dns.set(
+            {
+                SENDER_DOMAIN: [["TXT", "v=spf1 ip4:127.0.0.1 -all"]],
+                f"_dmarc.{SENDER_DOMAIN}": [["TXT", "v=DMARC1; p=reject"]],
+                f"{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}": [["TXT", key.record]],
+            }
+        )
+        self.dns.start()
+        clamd_dir = self.workdir / "clamd"
+        clamd_dir.mkdir()
+        self.clamd = ClamdInstance(clamd_dir)
+        if self.clamd.root != clamd_dir:  # a deep --tmpdir: the socket went to a directory of its own
+            self.aux.callback(shutil.rmtree, self.clamd.root, ignore_errors=True)
+        self.aux.callback(self.clamd.stop)
+        self.clamd.start()
+        return (
+            "[inbound]\n"
+            "enabled = true\n"
+            f'nameservers = ["{self.dns.address}"]\n'
+            "[antivirus]\n"
+            f'clamd = "{self.clamd.unix_address}"\n'
+        )
+
+    def trust_pids(self) -> dict[str, int]:
+        """PIDs of clamd and the DNS server (outside detox's tree; their CPU is recorded beside it)."""
+        pids: dict[str, int] = {}
+        if self.clamd is not None and self.clamd.proc is not None:
+            pids["clamd"] = self.clamd.proc.pid
+        proc = getattr(self.dns, "_proc", None)  # DnsServer keeps its Popen private
+        if proc is not None:
+            pids["dns"] = proc.pid
+        return pids
+
+    def stop_aux(self) -> None:
+        """clamd and the DNS server: SIGTERM to each PID, SIGKILL after a wait (their own stop())."""
+        with contextlib.suppress(Exception):
+            self.aux.close()
+
+    def start_detox(self, name: str, sink_port: int, *, fsync: bool, extra: str = "") -> None:
         port = free_port()
         state = self.workdir / f"{name}-state"
         config = self.workdir / f"{name}.toml"
@@ -621,7 +709,8 @@ class Bench:
             "[storage]\n"
             f'state_dir = "{state}"\n'
             f"fsync = {'true' if fsync else 'false'}\n"
-            + (f"[pipeline]\nworkers = {self.args.workers}\n" if self.args.workers is not None else ""),
+            + (f"[pipeline]\nworkers = {self.args.workers}\n" if self.args.workers is not None else "")
+            + extra,
             encoding="utf-8",
         )
         log = self.workdir / f"{name}.log"
@@ -637,7 +726,9 @@ class Bench:
         ]
         proc = self.procs.popen(name, self.wrap(cmd), log, cwd=str(self.workdir))
         wait_port(port, proc, 60, "detox serve", log)
-        self.servers[name] = Server(name, proc, log, port, spool=state / "spool")
+        self.servers[name] = Server(
+            name, proc, log, port, spool=state / "spool", aux=self.trust_pids() if extra else {}
+        )
         self.sampler.watch(name, proc.pid)
 
     def start_postfix(self) -> bool:
@@ -721,26 +812,40 @@ class Bench:
             time.sleep(self.args.poll_interval)
         return time.time()
 
-    def audit_events(self, server: Server) -> dict[str, int]:
-        """Events in detox's audit log since the previous call (outside every timing window)."""
+    def audit_events(self, server: Server) -> tuple[dict[str, int], dict[str, int]]:
+        """Events in detox's audit log since the previous call (outside every timing window), and what
+        its "detoxified" records say of [inbound] and [antivirus] (Run.checks; empty when both are off)."""
         assert server.spool is not None
         path = server.spool.parent / "audit" / "audit.jsonl"
         counts: dict[str, int] = {}
+        checks: dict[str, int] = {}
         try:
             with open(path, "rb") as fh:
                 fh.seek(self.audit_offset.get(server.name, 0))
                 data = fh.read()
         except OSError:
-            return counts
+            return counts, checks
         self.audit_offset[server.name] = self.audit_offset.get(server.name, 0) + len(data)
         for line in data.splitlines():
             with contextlib.suppress(ValueError):
-                event = json.loads(line).get("event", "?")
+                record = json.loads(line)
+                event = record.get("event", "?")
                 counts[event] = counts.get(event, 0) + 1
+                auth = record.get("authentication")
+                if event == "detoxified" and isinstance(auth, dict):
+                    key = " ".join(f"{m}={auth.get(m)}" for m in ("spf", "dkim", "dmarc")) + (
+                        f" {auth.get('action')}"
+                    )
+                    checks[key] = checks.get(key, 0) + 1
+                scanned = record.get("antivirus")
+                if event == "detoxified" and isinstance(scanned, dict):
+                    checks["antivirus streams"] = checks.get("antivirus streams", 0) + int(scanned["streams"])
+                    if scanned.get("found"):
+                        checks["antivirus found"] = checks.get("antivirus found", 0) + len(scanned["found"])
         failed = server.spool / "failed"
         if failed.is_dir() and any(failed.iterdir()):
             counts["spool_failed_files"] = sum(1 for _ in failed.iterdir())
-        return counts
+        return counts, checks
 
     # -- loads ---------------------------------------------------------------------------------
 
@@ -788,6 +893,7 @@ class Bench:
             str(self.args.size),
             "--seq-base",
             str(self.seq),
+            *(["--dkim-key", str(self.dkim_key)] if self.dkim_key is not None else []),
         ]
         self.seq += n
         log = self.workdir / "jp-client.last.log"
@@ -812,6 +918,7 @@ class Bench:
         self.sampler.reset(config)
         main = server.main_pid()
         cpu0, own0 = tree_cpu_seconds(server.pid, main)
+        aux0 = {what: process_cpu_seconds(pid) for what, pid in server.aux.items()}
         start, end, errors, client_cpu = run_load(server.port, n)
         delivered_end = None
         if server.spool is not None:
@@ -819,6 +926,7 @@ class Bench:
         elif in_maildir:
             delivered_end = self.wait_maildir(server, sink0 + n)
         cpu1, own1 = tree_cpu_seconds(server.pid, main)
+        aux1 = {what: process_cpu_seconds(pid) for what, pid in server.aux.items()}
         rss, pss = self.sampler.peak(config)
         received = (self.maildir_count(server) if in_maildir else self.sink_count()) - sink0
         run = Run(
@@ -835,18 +943,25 @@ class Bench:
             sink_received=received,
             client_errors=errors,
             client_cpu_s=client_cpu,
+            aux_cpu_s={
+                what: after - before
+                for what, before in aux0.items()
+                if before is not None and (after := aux1.get(what)) is not None
+            },
         )
         if in_maildir:  # outside the window: keep the directory small for the next run
             server.postfix.clear()
         if server.spool is not None:
-            run.audit = self.audit_events(server)
+            run.audit, run.checks = self.audit_events(server)
         self.runs.append(run)
         label = "warm-up" if rnd == 0 else f"round {rnd}"
         extra = f", delivered {run.delivered_rate:7.1f} msg/s" if run.delivered_seconds is not None else ""
         print(
             f"  {label:8} {load:11} {config:13} {n:5} msgs: "
             f"accepted {run.accepted_rate:7.1f} msg/s{extra}, "
-            f"CPU {1000 * run.cpu_s / run.counted:5.2f} ms/msg, sink +{run.sink_received}"
+            f"CPU {1000 * run.cpu_s / run.counted:5.2f} ms/msg"
+            + "".join(f" + {what} {1000 * s / run.counted:.2f}" for what, s in run.aux_cpu_s.items())
+            + f", sink +{run.sink_received}"
             + (f"  ERRORS: {errors}" if errors else ""),
             flush=True,
         )
@@ -867,6 +982,7 @@ TITLES = {
     "relay": "relay (uvloop, aiosmtplib pool)",
     "detox": "detox",
     "detox-nofsync": "detox, storage.fsync=false",
+    "detox-trust": "detox + [inbound] + [antivirus]",
     "postfix": "Postfix → Maildir",
 }
 
@@ -878,6 +994,62 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return out
+
+
+def _paired(mine: list[float], base: list[float]) -> str:
+    pairs = [d / b for d, b in zip(mine, base, strict=False) if b]
+    return f"paired per round {', '.join(f'{p:.2f}' for p in pairs)} -> median {_med(pairs):.2f}"
+
+
+def _trust_lines(
+    runs: list[Run],
+    configs: list[str],
+    per_round: dict[str, list[float]],
+    medians: dict[str, float],
+    cpu_med: dict[str, float],
+) -> list[str]:
+    """--also-trust: detox-trust against plain detox of the same run (what [inbound] + [antivirus] cost),
+    the CPU of clamd and the DNS server (outside detox's tree) and what the audit log says was checked."""
+    config = "detox-trust"
+    mine = [r for r in runs if r.config == config]
+    if not mine:
+        return []
+    out = []
+    if "detox:delivered" in per_round:
+        for kind in ("delivered", "accepted"):
+            ratio = medians[f"{config}:{kind}"] / medians[f"detox:{kind}"]
+            out.append(
+                f"ratio {config}/detox msg/s, {kind:9}: {ratio:.2f} (of the medians); "
+                + _paired(per_round[f"{config}:{kind}"], per_round[f"detox:{kind}"])
+            )
+        cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["detox:delivered"]
+        out.append(f"ratio {config}/detox CPU ms/msg (medians): {cpu_ratio:.2f}")
+    names = sorted({what for r in mine for what in r.aux_cpu_s})
+    if names:
+        aux = {what: _med([1000 * r.aux_cpu_s.get(what, 0.0) / r.counted for r in mine]) for what in names}
+        total = _med([1000 * (r.cpu_s + sum(r.aux_cpu_s.values())) / r.counted for r in mine])
+        line = (
+            f"{config} outside its tree (median ms/msg): "
+            + ", ".join(f"{what} {ms:.2f}" for what, ms in aux.items())
+            + f"; tree + these: {total:.2f} ms/msg"
+        )
+        if "relay:accepted" in cpu_med:
+            line += f" = {total / cpu_med['relay:accepted']:.1f} x relay"
+        if "detox:delivered" in cpu_med:
+            line += f", {total / cpu_med['detox:delivered']:.2f} x detox"
+        out.append(line)
+    checks: dict[str, int] = {}
+    for r in mine:
+        for key, count in r.checks.items():
+            checks[key] = checks.get(key, 0) + count
+    counted = sum(r.counted for r in mine)
+    streams = checks.pop("antivirus streams", 0)
+    out.append(
+        f"{config} audit, measured rounds ({counted} msgs): "
+        + ", ".join(f"{key}: {count}" for key, count in sorted(checks.items()))
+        + f"; antivirus streams: {streams} ({streams / counted if counted else 0:.1f} per msg)"
+    )
     return out
 
 
@@ -977,6 +1149,7 @@ def report(bench: Bench, loads: list[str], configs: list[str], args: argparse.Na
             if f"{config}:delivered" in cpu_med:
                 cpu_ratio = cpu_med[f"{config}:delivered"] / cpu_med["relay:accepted"]
                 out.append(f"ratio {config}/relay CPU ms/msg (medians): {cpu_ratio:.1f}")
+        out += _trust_lines(runs, configs, per_round, medians, cpu_med)
         pf_rates = per_round.get("postfix:delivered")
         for config in configs:
             if not config.startswith("detox") or not pf_rates or f"{config}:delivered" not in medians:
@@ -1025,6 +1198,13 @@ def print_report(
         f"workers={args.workers or 'default (one per CPU)'}"
         + ("; detox-nofsync: the same with storage.fsync=false" if args.also_no_fsync else "")
     )
+    if args.also_trust:
+        print(
+            f"detox-trust: the same plus [inbound] enabled (nameservers = DNS server on loopback: SPF "
+            f"ip4:127.0.0.1 -all and DMARC p=reject for {SENDER_DOMAIN}, jp-html mails DKIM-signed "
+            f"rsa-sha256 2048 d={SENDER_DOMAIN} s={DKIM_SELECTOR} for every server) and [antivirus] "
+            "(private clamd, the tests' signature database)"
+        )
     print(report(bench, loads, configs, args))
     log = workdir / "relay.log"
     if relay and log.exists():
@@ -1064,7 +1244,12 @@ def bench_main(args: argparse.Namespace) -> int:
             "skipping the baseline, detox's figures only.",
             flush=True,
         )
-    configs = (["relay"] if relay else []) + ["detox"] + (["detox-nofsync"] if args.also_no_fsync else [])
+    configs = (
+        (["relay"] if relay else [])
+        + ["detox"]
+        + (["detox-nofsync"] if args.also_no_fsync else [])
+        + (["detox-trust"] if args.also_trust else [])
+    )
     with_postfix = not args.no_postfix
     workdir = Path(tempfile.mkdtemp(prefix="detox-bench-", dir=args.tmpdir))
     procs = Processes(workdir)
@@ -1079,17 +1264,20 @@ def bench_main(args: argparse.Namespace) -> int:
     try:
         bench.sampler.start()
         sink_port = bench.start_sink()
+        trust = bench.start_trust() if args.also_trust else ""
         if relay:
             bench.start_relay(relay, sink_port)
         if with_postfix and bench.start_postfix():
             configs.append("postfix")
         for name in configs:
             if name.startswith("detox"):
-                bench.start_detox(name, sink_port, fsync=name == "detox")
+                extra = trust if name == "detox-trust" else ""
+                bench.start_detox(name, sink_port, fsync=name != "detox-nofsync", extra=extra)
         print(
             "  "
             + ", ".join(f"{s.name} on :{s.port} (pid {s.main_pid()})" for s in bench.servers.values())
-            + f", smtp-sink on :{sink_port}",
+            + f", smtp-sink on :{sink_port}"
+            + "".join(f", {what} pid {pid}" for what, pid in bench.trust_pids().items()),
             flush=True,
         )
         for load in loads:
@@ -1110,6 +1298,7 @@ def bench_main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.stop_servers()
+        bench.stop_aux()
         procs.stop_all()
         bench.sampler.halt.set()
     try:
@@ -1154,6 +1343,12 @@ def main() -> int:
         action="store_true",
         help="also measure a second detox with storage.fsync = false (never in production)",
     )
+    ap.add_argument(
+        "--also-trust",
+        action="store_true",
+        help="also measure detox-trust: detox with [inbound] (a DNS server on loopback: SPF, DMARC, DKIM "
+        "key; the jp-html mails are then DKIM-signed for every server) and [antivirus] (a private clamd)",
+    )
     ap.add_argument("--tmpdir", help="where the temporary state_dir goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state_dir)")
     ap.add_argument("--json", help="also write every run as JSON to this file")
@@ -1172,6 +1367,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seq-base", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--dkim-key", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.jp_client:
         return jp_client_main(args)
