@@ -490,6 +490,8 @@ class AntivirusConfig(Strict):
     @property
     def enabled(self) -> bool:
         return bool(self.clamd)
+
+
 # ---- [inbound]: sender authentication (issue 13; detox.inbound) ----------------------------------
 
 

@@ -117,26 +117,39 @@ class PartRecord:
     virus: str | None = None  # the signature clamd named (reason "virus"); in as_dict only when set
 
     def as_dict(self) -> dict[str, object]:
-        extra: dict[str, object] = {"virus": self.virus} if self.virus is not None else {}
-        return {
-            "part_id": self.part_id,
-            "role": self.role,
-            "filename": self.filename,
-            "declared_type": self.declared_type,
-            "detected_type": self.detected_type,
-            "size": self.size,
-            "sha256": self.sha256,
-            "filter": self.filter,
-            "action": self.action,
-            "reason": self.reason,
-            "removed": dict(self.removed),
-            "output_sha256": self.output_sha256,
-            "charset": self.charset,
-            "error": self.error,
-            "mismatch": self.mismatch,
-            "output_filename": self.output_filename,
-            "output_type": self.output_type,
-            "conversion": self.conversion,
-            "detected_by": self.detected_by,
-            **extra,
-        }
+        return part_as_dict(self)
+
+
+# The JSON of a part, in this order, for PartRecord and the report's frozen PartReport alike (the
+# report, the audit's ``parts`` and the index read the same keys); ``virus`` only when clamd named one.
+PART_FIELDS = (
+    "part_id",
+    "role",
+    "filename",
+    "declared_type",
+    "detected_type",
+    "size",
+    "sha256",
+    "filter",
+    "action",
+    "reason",
+    "removed",
+    "output_sha256",
+    "charset",
+    "error",
+    "mismatch",
+    "output_filename",
+    "output_type",
+    "conversion",
+    "detected_by",
+)
+
+
+def part_as_dict(part: object) -> dict[str, object]:
+    out: dict[str, object] = {
+        name: dict(getattr(part, name)) if name == "removed" else getattr(part, name) for name in PART_FIELDS
+    }
+    virus = getattr(part, "virus", None)
+    if virus is not None:
+        out["virus"] = virus
+    return out

@@ -17,7 +17,7 @@ from email.message import Message
 from typing import Any
 
 from detox.envelope import Envelope
-from detox.pipeline.model import DETECTED_BY_LIBMAGIC, Action, PartRecord
+from detox.pipeline.model import DETECTED_BY_LIBMAGIC, Action, PartRecord, part_as_dict
 from detox.pipeline.parse import first_header
 
 
@@ -143,29 +143,7 @@ class PartReport:
         return PartReport, _values(self)
 
     def as_dict(self) -> dict[str, Any]:
-        extra = {"virus": self.virus} if self.virus is not None else {}
-        return {
-            "part_id": self.part_id,
-            "role": self.role,
-            "filename": self.filename,
-            "declared_type": self.declared_type,
-            "detected_type": self.detected_type,
-            "size": self.size,
-            "sha256": self.sha256,
-            "filter": self.filter,
-            "action": self.action,
-            "reason": self.reason,
-            "removed": dict(self.removed),
-            "output_sha256": self.output_sha256,
-            "charset": self.charset,
-            "error": self.error,
-            "mismatch": self.mismatch,
-            "output_filename": self.output_filename,
-            "output_type": self.output_type,
-            "conversion": self.conversion,
-            "detected_by": self.detected_by,
-            **extra,
-        }
+        return part_as_dict(self)
 
 
 @dataclass(frozen=True, slots=True)

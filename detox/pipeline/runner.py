@@ -200,6 +200,7 @@ class Pipeline:
         )
         return DetoxResult(output, report, records, actions)
 
+
 def _whole_message_record(msg: Message, raw: bytes, reason: str, scan: MessageScan) -> PartRecord:
     """The original as one held part, ``0`` (the quarantine's name for the whole message)."""
     try:

@@ -239,6 +239,8 @@ def timed(flt: Filter, spent: list[float]) -> Iterator[None]:
 
 
 HEAVY = sorted(n for n in NAMES if SAMPLES[n].heavy is not None)
+
+
 # Known to catch the deadline's FilterTimeout with every other exception and answer a partial
 # conversion past the deadline instead of letting the runner apply on_error (found by this suite).
 @pytest.mark.parametrize("on_error", ["hold", "drop", "tempfail"])

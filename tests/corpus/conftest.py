@@ -25,7 +25,7 @@ import expected
 import pytest
 
 ENV_VAR = "DETOX_CORPUS"
-# /work/main/tests/corpus/conftest.py -> parents[3] = /work -> /work/shared/corpus
+# CHECKOUT/tests/corpus/conftest.py -> parents[3] = the checkout's parent -> ../shared/corpus
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 
 
@@ -39,7 +39,7 @@ def find_corpus() -> Path | None:
 CORPUS = find_corpus()
 ABSENT_REASON = (
     f"third-party corpus not found: set {ENV_VAR} or provide {DEFAULT_CORPUS} (with MANIFEST.tsv); "
-    "see /work/shared/corpus/README.md"
+    "see the corpus README.md (shared/corpus/ next to the checkout)"
 )
 
 
