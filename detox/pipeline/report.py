@@ -112,28 +112,10 @@ class PartReport:
 
     @classmethod
     def of(cls, record: PartRecord) -> PartReport:
-        return cls(
-            part_id=record.part_id,
-            role=record.role,
-            filename=record.filename,
-            declared_type=record.declared_type,
-            detected_type=record.detected_type,
-            size=record.size,
-            sha256=record.sha256,
-            filter=record.filter,
-            action=record.action,
-            reason=record.reason,
-            removed=dict(record.removed),
-            output_sha256=record.output_sha256,
-            charset=record.charset,
-            error=record.error,
-            mismatch=record.mismatch,
-            output_filename=record.output_filename,
-            output_type=record.output_type,
-            conversion=record.conversion,
-            detected_by=record.detected_by,
-            virus=record.virus,
-        )
+        """The snapshot: every field of the record under the same name (``removed`` copied)."""
+        values: dict[str, Any] = {name: getattr(record, name) for name in _PART_REPORT_FIELDS}
+        values["removed"] = dict(record.removed)
+        return cls(**values)
 
     @property
     def held(self) -> bool:
@@ -144,6 +126,9 @@ class PartReport:
 
     def as_dict(self) -> dict[str, Any]:
         return part_as_dict(self)
+
+
+_PART_REPORT_FIELDS = tuple(f.name for f in fields(PartReport))
 
 
 @dataclass(frozen=True, slots=True)

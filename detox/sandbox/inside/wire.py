@@ -97,6 +97,15 @@ def encode_request(args: Mapping[str, Any]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def positive_int_arg(args: Mapping[str, Any], key: str, default: int) -> int:
+    """A converter's integer argument (a cap): ``default`` when absent, ValueError unless a positive
+    int (a bool is not one). The host sends valid caps; the inside checks them anyway."""
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"bad argument {key}")
+    return value
+
+
 def read_request(stream: BinaryIO) -> tuple[dict[str, Any], bytes]:
     """Read ``<u32 length><args JSON><data>`` from ``stream`` (to EOF); BadRequest when malformed."""
     prefix = _read_exact(stream, LENGTH_BYTES)

@@ -14,6 +14,7 @@ from typing import Any
 from detox.sandbox import contract
 from detox.sandbox.contract import ARCHIVE_REFUSED_KINDS as REFUSED_KINDS
 from detox.sandbox.inside.converters.archive.names import MAX_PATH_CHARS, _printable, _valid_mtime
+from detox.sandbox.inside.wire import positive_int_arg
 
 HELD_REASONS = contract.ARCHIVE_HELD_REASONS  # what Held may carry (the filter checks it)
 
@@ -45,18 +46,12 @@ class Caps:
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> Caps:
-        def positive(key: str, default: int) -> int:
-            value = args.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"bad argument {key}")
-            return value
-
         return cls(
-            max_members=positive("max_members", DEFAULT_MAX_MEMBERS),
-            max_total_bytes=positive("max_total_bytes", DEFAULT_MAX_TOTAL_BYTES),
-            max_member_bytes=positive("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES),
-            max_ratio=positive("max_ratio", DEFAULT_MAX_RATIO),
-            ratio_grace_bytes=positive("ratio_grace_bytes", DEFAULT_RATIO_GRACE_BYTES),
+            max_members=positive_int_arg(args, "max_members", DEFAULT_MAX_MEMBERS),
+            max_total_bytes=positive_int_arg(args, "max_total_bytes", DEFAULT_MAX_TOTAL_BYTES),
+            max_member_bytes=positive_int_arg(args, "max_member_bytes", DEFAULT_MAX_MEMBER_BYTES),
+            max_ratio=positive_int_arg(args, "max_ratio", DEFAULT_MAX_RATIO),
+            ratio_grace_bytes=positive_int_arg(args, "ratio_grace_bytes", DEFAULT_RATIO_GRACE_BYTES),
         )
 
 

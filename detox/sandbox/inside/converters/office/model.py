@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from detox.sandbox.contract import OFFICE_HELD_REASONS as HELD_REASONS
+from detox.sandbox.inside.wire import positive_int_arg
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -107,17 +108,11 @@ class Caps(NamedTuple):
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> Caps:
-        def positive(key: str, default: int) -> int:
-            value = args.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"bad argument {key}")
-            return value
-
         return cls(
-            max_members=positive("max_members", DEFAULT_MAX_MEMBERS),
-            max_total_bytes=positive("max_total_bytes", DEFAULT_MAX_TOTAL_BYTES),
-            max_xml_bytes=positive("max_xml_bytes", DEFAULT_MAX_XML_BYTES),
-            max_ratio=positive("max_ratio", DEFAULT_MAX_RATIO),
+            max_members=positive_int_arg(args, "max_members", DEFAULT_MAX_MEMBERS),
+            max_total_bytes=positive_int_arg(args, "max_total_bytes", DEFAULT_MAX_TOTAL_BYTES),
+            max_xml_bytes=positive_int_arg(args, "max_xml_bytes", DEFAULT_MAX_XML_BYTES),
+            max_ratio=positive_int_arg(args, "max_ratio", DEFAULT_MAX_RATIO),
         )
 
 
